@@ -1,0 +1,126 @@
+"""`dlx <command>`: subcommand dispatch. Heavy imports (torch, mlflow) happen inside the commands,
+so `dlx --help` answers at once."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """usage: dlx <command> [args]
+
+A deep-learning experiment lab: Hydra-composed runs, recorded in MLflow.
+
+commands:
+  train   train one model; args are Hydra overrides, e.g. dlx train model=resnet optimizer=adam
+          (dlx train --help lists every config group and option; --cfg job prints the composed config)
+  runs    list recent MLflow runs with their key params and metrics
+  ui      open the MLflow UI on the tracking store (127.0.0.1)
+
+Run `dlx <command> --help` for the options of a command."""
+
+# Hydra flags that inspect rather than run: the pre-flight check would only get in their way
+_INSPECT_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from dlx import __version__
+
+        print(f"dlx {__version__}")
+        return 0
+    command, args = argv[0], argv[1:]
+    commands = {"train": cmd_train, "runs": cmd_runs, "ui": cmd_ui}
+    if command not in commands:
+        print(f"dlx: unknown command '{command}'; valid: {', '.join(commands)}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return commands[command](args)
+
+
+def error(message: str, code: int) -> int:
+    print(f"dlx: error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_train(args: list[str]) -> int:
+    if "-m" in args or "--multirun" in args:
+        return error("dlx train runs one job; a multirun is a sweep", 2)
+    from dlx.config import ConfigError
+
+    if not _INSPECT_FLAGS.intersection(args):
+        # Compose once before Hydra runs: bad options, keys, types and ranges exit with code 2 and a
+        # message naming the key, before any data is loaded or any MLflow run exists.
+        from dlx.compose import compose
+
+        try:
+            compose([a for a in args if not a.startswith("-")], check=True)
+        except ConfigError as exc:
+            return error(str(exc), 2)
+    return _run_hydra(args)
+
+
+def _run_hydra(args: list[str]) -> int:
+    import hydra
+
+    from dlx import run
+    from dlx.compose import config_dir
+    from dlx.config import register_configs
+
+    register_configs()
+    run.COMMAND_LINE = ["dlx", "train", *args]
+    outcome = {"code": 0}
+
+    @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+    def task(cfg):
+        try:
+            run.train(cfg)
+        except run.RunError as exc:
+            outcome["code"] = exc.exit_code
+            print(f"dlx: {exc}", file=sys.stderr)
+
+    saved = sys.argv
+    sys.argv = ["dlx-train", *args]
+    try:
+        task()
+    except SystemExit as exc:  # Hydra exits 1 after printing an error it caught itself
+        return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved
+    return outcome["code"]
+
+
+def cmd_runs(args: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="dlx runs", description="List recent MLflow runs.")
+    p.add_argument("--experiment", "-e", default=None, help="experiment name (default: all)")
+    p.add_argument("--limit", "-n", type=int, default=20)
+    p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or outputs/mlflow.db)")
+    ns = p.parse_args(args)
+    from dlx.runs import list_runs
+
+    return list_runs(uri=ns.uri, experiment=ns.experiment, limit=ns.limit)
+
+
+def cmd_ui(args: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="dlx ui", description="Open the MLflow UI on the tracking store.")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: only this machine)")
+    p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or outputs/mlflow.db)")
+    ns = p.parse_args(args)
+    from dlx.runs import ui_command
+
+    cmd = ui_command(uri=ns.uri, host=ns.host, port=ns.port)
+    print(f"MLflow UI at http://{ns.host}:{ns.port}  (Ctrl-C stops it)", flush=True)
+    os.execvp(cmd[0], cmd)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

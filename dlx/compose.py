@@ -1,0 +1,132 @@
+"""Finding conf/ and composing a configuration with user-facing error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dlx.config import ConfigError, register_configs, validate
+
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "regularization", "augmentation", "trainer", "tracking")
+
+
+def config_dir() -> Path:
+    """conf/ of a source checkout (editable install) or the copy a wheel ships as dlx/conf."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / "conf", package / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"dlx cannot find its configs: neither {package.parent / 'conf'} nor {package / 'conf'}")
+
+
+def list_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str] = (), *, check: bool = True, hydra_config: bool = False) -> DictConfig:
+    """Compose conf/config.yaml with Hydra's override grammar; raise ConfigError on any bad input."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    overrides = list(overrides)
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+        try:
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=hydra_config)
+        except Exception as exc:  # Hydra raises several types; each becomes one clear message
+            raise ConfigError(explain_compose_error(exc, overrides)) from None
+        if any(o.startswith("+") for o in overrides):
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            problems = unknown_keys(OverridesParser.create().parse_overrides(overrides))
+            if problems:
+                raise ConfigError("\n".join(problems))
+    if check:
+        check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Resolve every interpolation (type errors surface here) and check the value ranges."""
+    try:
+        OmegaConf.resolve(cfg) if not OmegaConf.is_readonly(cfg) else OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:
+        raise ConfigError(f"invalid configuration: {_first_line(exc)}") from None
+    validate(cfg)
+
+
+def explain_compose_error(exc: Exception, overrides: list[str]) -> str:
+    """Turn Hydra's composition errors into a message naming the bad item and what is valid."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import MissingConfigException
+
+    if isinstance(exc, MissingConfigException):
+        missing = exc.missing_cfg_file or ""
+        group, _, option = missing.rpartition("/")
+        if group in GROUPS:
+            return f"{group}={option}: no such option of group '{group}'; valid: {', '.join(list_options(group))}"
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return f"cannot parse the overrides: {_first_line(exc)}"
+    unknown_groups = [o.key_or_group for o in parsed if "." not in o.key_or_group and o.key_or_group not in GROUPS]
+    try:
+        problems = unknown_keys(parsed)
+    except Exception:
+        problems = []
+    if problems:
+        return "\n".join(problems)
+    if unknown_groups:
+        return f"{unknown_groups[0]}: no such config group or key; groups: {', '.join(GROUPS)}"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:  # OmegaConf's type errors: "Value 'abc' ... could not be converted to Float"
+        key = getattr(cause, "full_key", None)
+        detail = _first_line(cause, keep=1)
+        return f"{key}: {detail}" if key else detail
+    return _first_line(exc, keep=3)
+
+
+def unknown_keys(parsed) -> list[str]:
+    """Messages for overrides naming keys that the schema of their group does not have.
+
+    Hydra's `+key=value` appends even into a typed (dataclass) node, so this also runs on configs that
+    composed fine; free-form dicts such as tracking.tags still accept new keys.
+    """
+    group_choices = [o.input_line for o in parsed if o.key_or_group in GROUPS or "/" in o.key_or_group]
+    base = _compose_plain([c for c in group_choices if not c.startswith("~")])
+    problems = []
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_delete() or key in GROUPS or "/" in key or key.startswith("hydra."):
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        if not isinstance(node, DictConfig) or leaf in node:
+            continue
+        if o.is_add() and not _is_typed(node):
+            continue
+        where = f"'{parent}'" + (f" ({node.name})" if "name" in node else "") if parent else "the top level"
+        valid = ", ".join(sorted(str(k) for k in node.keys()))
+        problems.append(f"{key}: no such key in {where}; valid keys: {valid}")
+    return problems
+
+
+def _is_typed(node: DictConfig) -> bool:
+    import dataclasses
+
+    return dataclasses.is_dataclass(OmegaConf.get_type(node))
+
+
+def _compose_plain(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+
+    return hydra_compose("config", overrides=overrides)
+
+
+def _first_line(exc: Exception, keep: int = 2) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[:keep]) if lines else type(exc).__name__

@@ -1,0 +1,294 @@
+"""The training loop: fit, train_epoch and evaluate. Knows nothing of Hydra or MLflow.
+
+Everything the loop touches per step lives on the training device; the only reads back to the host
+are the finiteness check (on CPU every step, where it costs nothing; on CUDA once per log window, since
+`.item()` is a device sync) and the metric reads every `log_every_n_steps` and at the end of an epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlx.losses import LossFn
+from dlx.optim import decayed_params
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, epoch: int, step: int, last_step: int | None = None):
+        where = f"step {step}" if last_step is None else f"a step between {step} and {last_step}"
+        super().__init__(f"non-finite training loss at epoch {epoch}, {where}; training stopped")
+        self.epoch, self.step = epoch, step
+
+
+@dataclass
+class FitOptions:
+    epochs: int
+    batch_size: int
+    eval_batch_size: int = 1024
+    log_every_n_steps: int = 10
+    l1: float = 0.0
+    l2: float = 0.0
+    input_noise: float = 0.0
+    clip_type: str = "norm"
+    clip_threshold: float = 0.0
+    amp: str = "off"
+
+
+def metric_mode(name: str, mode: str = "auto") -> str:
+    """'max' for accuracy-like metrics, 'min' for losses, unless given."""
+    if mode != "auto":
+        return mode
+    return "max" if name.endswith("acc") else "min"
+
+
+@dataclass
+class EarlyStopping:
+    monitor: str = "val/loss"
+    mode: str = "auto"
+    patience: int = 5
+    min_delta: float = 0.0
+    restore_best: bool = True
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    best_state: dict | None = field(default=None, repr=False)
+
+    def update(self, epoch: int, metrics: dict, model: nn.Module) -> bool:
+        """Record this epoch's monitored value; True when training should stop."""
+        value = metrics[self.monitor]
+        sign = 1 if metric_mode(self.monitor, self.mode) == "max" else -1
+        if self.best is None or sign * (value - self.best) > self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            if self.restore_best:  # a copy on the device: restoring costs no transfer
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        keep = ("best", "best_epoch", "bad_epochs", "best_state")
+        return {k: getattr(self, k) for k in keep}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)  # per-epoch metrics
+
+
+class Callback:
+    """Hooks called by Trainer.fit; every method is optional."""
+
+    def on_fit_start(self, trainer: Trainer, state: TrainState) -> None: ...
+
+    def on_step_log(self, trainer: Trainer, state: TrainState, metrics: dict) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, state: TrainState, metrics: dict) -> None: ...
+
+    def on_step(self, trainer: Trainer, state: TrainState) -> None: ...
+
+
+def amp_context(device: torch.device, amp: str):
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Trainer:
+    def __init__(self, *, model: nn.Module, optimizer, schedule, loss_fn: LossFn, eval_loss_fn: LossFn,
+                 data, options: FitOptions, augment=None, early_stopping: EarlyStopping | None = None,
+                 forward: nn.Module | None = None, callbacks: list[Callback] = ()):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.loss_fn, self.eval_loss_fn = loss_fn, eval_loss_fn
+        self.data, self.opt, self.augment = data, options, augment
+        self.early_stopping = early_stopping
+        self.forward = forward or model  # torch.compile'd module, when asked for
+        self.callbacks = list(callbacks)
+        self.device = data.x_train.device
+        self.scaler = torch.amp.GradScaler(self.device.type) if options.amp == "fp16" else None
+        self.decayed = decayed_params(optimizer) if (options.l1 or options.l2) else []
+        self.steps_per_epoch = max(1, math.ceil(len(data.x_train) / options.batch_size))
+        # on CPU reading a scalar is free; on an accelerator it stalls the pipeline, so check per window
+        self.check_every = 1 if self.device.type == "cpu" else options.log_every_n_steps
+
+    # ------------------------------------------------------------------ state for checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.early_stopping and state.get("early_stopping"):
+            self.early_stopping.load_state_dict(state["early_stopping"])
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, state: TrainState | None = None) -> TrainState:
+        state = state or TrainState()
+        for cb in self.callbacks:
+            cb.on_fit_start(self, state)
+        while state.epoch < self.opt.epochs and not state.stopped_early:
+            t0 = time.perf_counter()
+            metrics = self.train_epoch(state)
+            if len(self.data.x_val):
+                metrics.update(_prefix("val", self.evaluate(self.data.x_val, self.data.y_val)))
+            state.epoch += 1
+            if self.schedule.monitor is not None:
+                self.schedule.step_epoch(state.epoch, metrics.get(self.schedule.monitor))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()  # once per epoch, so the epoch time is real
+            seconds = time.perf_counter() - t0
+            metrics.update({"epoch": state.epoch, "epoch_time": seconds,
+                            "samples_per_sec": len(self.data.x_train) / seconds})
+            if self.early_stopping is not None:
+                state.stopped_early = self.early_stopping.update(state.epoch, metrics, self.model)
+            state.history.append(metrics)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, state, metrics)
+        return state
+
+    def restore_best(self) -> bool:
+        """Load the early-stopping best weights, when kept; True if restored."""
+        es = self.early_stopping
+        if es is None or not es.restore_best or es.best_state is None:
+            return False
+        self.model.load_state_dict(es.best_state)
+        return True
+
+    def train_epoch(self, state: TrainState) -> dict[str, float]:
+        opt, data, model = self.opt, self.data, self.forward
+        self.model.train()
+        n = len(data.x_train)
+        perm = torch.randperm(n, device=self.device)
+        zero = torch.zeros((), device=self.device)
+        loss_sum, correct, seen = zero.clone(), zero.clone(), 0
+        win_loss, win_correct, win_seen, win_start = zero.clone(), zero.clone(), 0, state.step
+        bad = zero.clone()
+        amp = amp_context(self.device, opt.amp)
+        for start in range(0, n, opt.batch_size):
+            idx = perm[start:start + opt.batch_size]
+            x, y = data.x_train[idx], data.y_train[idx]
+            y_b, lam = y, 1.0
+            if self.augment is not None:
+                x, y, y_b, lam = self.augment(x, y)
+            if opt.input_noise:
+                x = x + opt.input_noise * torch.randn_like(x)
+            with amp:
+                logits = model(x)
+                loss = self.loss_fn(logits, y)
+                if lam < 1.0:  # mixup/cutmix: the loss mixes exactly as the inputs did
+                    loss = lam * loss + (1 - lam) * self.loss_fn(logits, y_b)
+            if opt.l1:
+                loss = loss + opt.l1 * sum(p.abs().sum() for p in self.decayed)
+            if self.check_every == 1:
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(state.epoch + 1, state.step)
+            else:
+                bad += ~torch.isfinite(loss.detach())
+            self._step(loss, state.step)
+            with torch.no_grad():
+                pred = logits.argmax(-1)
+                hit = (pred == y).sum() if lam == 1.0 else lam * (pred == y).sum() + (1 - lam) * (pred == y_b).sum()
+                loss_d = loss.detach().float() * len(y)
+                loss_sum += loss_d
+                correct += hit
+                win_loss += loss_d
+                win_correct += hit
+            seen += len(y)
+            win_seen += len(y)
+            state.step += 1
+            for cb in self.callbacks:
+                cb.on_step(self, state)
+            if state.step % opt.log_every_n_steps == 0:
+                if self.check_every > 1 and bad.item():
+                    raise NonFiniteLoss(state.epoch + 1, win_start, state.step - 1)
+                metrics = {"train/loss_step": win_loss.item() / win_seen,
+                           "train/acc_step": win_correct.item() / win_seen, "lr": self.schedule.lr}
+                for cb in self.callbacks:
+                    cb.on_step_log(self, state, metrics)
+                win_loss.zero_()
+                win_correct.zero_()
+                win_seen, win_start = 0, state.step
+        if self.check_every > 1 and bad.item():
+            raise NonFiniteLoss(state.epoch + 1, win_start, state.step - 1)
+        return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen, "lr": self.schedule.lr}
+
+    def _step(self, loss: torch.Tensor, step: int) -> None:
+        opt, optimizer = self.opt, self.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if opt.l2:  # coupled L2: the gradient of (l2/2)*|w|^2, for every optimizer alike
+            params = [p for p in self.decayed if p.grad is not None]
+            torch._foreach_add_([p.grad for p in params], params, alpha=opt.l2)
+        if opt.clip_threshold:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if opt.clip_type == "norm":
+                torch.nn.utils.clip_grad_norm_(params, opt.clip_threshold)
+            else:
+                torch.nn.utils.clip_grad_value_(params, opt.clip_threshold)
+        self.schedule.step_batch(step)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Mean loss (without label smoothing) and accuracy over (x, y), in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        with amp_context(self.device, self.opt.amp):
+            for start in range(0, len(x), self.opt.eval_batch_size):
+                xb, yb = x[start:start + self.opt.eval_batch_size], y[start:start + self.opt.eval_batch_size]
+                logits = self.forward(xb)
+                loss_sum += self.eval_loss_fn(logits, yb).float() * len(yb)
+                correct += (logits.argmax(-1) == yb).sum()
+        self.model.train(was_training)
+        n = max(1, len(x))
+        return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
+
+
+def _prefix(prefix: str, metrics: dict) -> dict:
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def clone_to_cpu(state: Any) -> Any:
+    """A deep copy with every tensor on the CPU (checkpoints load anywhere)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: clone_to_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(clone_to_cpu(v) for v in state)
+    return copy.deepcopy(state)

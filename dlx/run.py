@@ -1,0 +1,377 @@
+"""One training run from a composed config: build, track in MLflow, fit, test, close the run.
+
+The run closes FINISHED on success, FAILED (with the error tagged) on an exception or a non-finite
+loss, and KILLED on Ctrl-C or SIGTERM; every buffered metric is flushed and the last checkpoint kept
+on each of those paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import dlx
+from dlx.compose import check_config
+from dlx.config import ConfigError
+
+log = logging.getLogger("dlx")
+
+# keys a resumed run may change; everything else is the configuration the run started with
+RESUME_MUTABLE = ("trainer.epochs", "trainer.device", "trainer.progress", "trainer.resume", "tracking.")
+COMMAND_LINE: list[str] = []  # set by the CLI: the user's words, e.g. ["dlx", "train", "model=cnn"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
+
+
+class RunError(RuntimeError):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals to whoever owns them
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def git_info(cwd: str | os.PathLike = ".") -> dict[str, str]:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return {}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+        return {"mlflow.source.git.commit": sha.stdout.strip(), "dlx.git.dirty": str(bool(dirty.stdout.strip()))}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def runtime_tags(device) -> dict[str, str]:
+    import torch
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    return {
+        "dlx.version": dlx.__version__,
+        "dlx.torch_version": torch.__version__,
+        "dlx.python_version": platform.python_version(),
+        "dlx.device": str(device),
+        "dlx.device_name": name,
+        "dlx.command": " ".join(COMMAND_LINE or sys.argv),
+        "mlflow.source.name": "dlx train",
+        "mlflow.source.type": "LOCAL",
+    }
+
+
+def hydra_runtime() -> tuple[Path, list[str], dict[str, str]]:
+    """(run dir, task overrides, chosen option per group) when running under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return Path("outputs/runs/direct"), [], {}
+    hc = HydraConfig.get()
+    choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
+    return Path(hc.runtime.output_dir), list(hc.overrides.task), choices
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def find_checkpoint(resume: str, tracking_cfg: dict, run_dir: Path) -> Path:
+    """A checkpoint path, or the last checkpoint of an MLflow run given by its id."""
+    path = Path(resume).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir() and (path / "last.pt").is_file():
+        return path / "last.pt"
+    if not tracking_cfg["enabled"] or os.sep in resume or resume.endswith(".pt"):
+        raise RunError(f"trainer.resume={resume}: no such checkpoint file", 2)
+    from dlx.tracking import local_path, open_store, resolve_uri
+
+    uri, _ = resolve_uri(tracking_cfg["uri"], tracking_cfg["artifact_location"])
+    client, _ = open_store(uri, tracking_cfg["experiment"])
+    try:
+        run = client.get_run(resume)
+    except Exception:
+        raise RunError(f"trainer.resume={resume}: neither a checkpoint file nor a run id in {uri}", 2) from None
+    candidates = [Path(run.data.tags["dlx.checkpoint_dir"]) / "last.pt"] if "dlx.checkpoint_dir" in run.data.tags else []
+    local = local_path(run.info.artifact_uri)
+    if local is not None:
+        candidates.append(local / "checkpoints" / "last.pt")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    try:
+        from mlflow.artifacts import download_artifacts
+
+        return Path(download_artifacts(run_id=resume, artifact_path="checkpoints/last.pt", dst_path=str(run_dir),
+                                       tracking_uri=uri))
+    except Exception:
+        raise RunError(f"trainer.resume={resume}: run {resume} has no checkpoint to resume from", 2) from None
+
+
+def resumed_config(saved: dict, current: dict, overrides: list[str]) -> dict:
+    """The saved config, with the few keys a resumed run may change taken from this command."""
+    bad = [o for o in overrides if not o.lstrip("+~").startswith(RESUME_MUTABLE)]
+    if bad:
+        raise RunError(
+            f"a resumed run keeps the configuration it started with; only trainer.epochs, trainer.device, "
+            f"trainer.progress and tracking.* may change (got: {' '.join(bad)})", 2)
+    cfg = OmegaConf.create(saved)
+    for o in overrides:
+        key = o.lstrip("+~").split("=", 1)[0]
+        OmegaConf.update(cfg, key, OmegaConf.select(OmegaConf.create(current), key), force_add=True)
+    return OmegaConf.to_container(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- callbacks
+class TrackingCallback:
+    """Metrics into the tracker's buffer; the buffer goes to the writer thread once per epoch."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def on_fit_start(self, trainer, state): ...
+
+    def on_step(self, trainer, state): ...
+
+    def on_step_log(self, trainer, state, metrics):
+        self.tracker.log_metrics(metrics, step=state.step)
+
+    def on_epoch_end(self, trainer, state, metrics):
+        self.tracker.log_metrics(metrics, step=state.epoch)
+        self.tracker.flush()
+
+
+class CheckpointCallback:
+    """last.pt every `every` epochs (and at the end); best.pt whenever the monitored metric improves."""
+
+    def __init__(self, directory: Path, *, every: int, monitor: str, mode: str, config: dict, run_id):
+        from dlx.engine import metric_mode
+
+        self.directory, self.every, self.monitor = directory, every, monitor
+        self.sign = 1 if metric_mode(monitor, mode) == "max" else -1
+        self.config, self.run_id = config, run_id
+        self.best: float | None = None
+        self.last_saved_epoch = -1
+
+    def on_fit_start(self, trainer, state):
+        if state.history and self.monitor in state.history[0]:
+            self.best = max((self.sign * h[self.monitor] for h in state.history)) * self.sign
+
+    def on_step(self, trainer, state): ...
+
+    def on_step_log(self, trainer, state, metrics): ...
+
+    def on_epoch_end(self, trainer, state, metrics):
+        from dlx.checkpoint import make_checkpoint, save_checkpoint
+
+        final = state.epoch >= trainer.opt.epochs or state.stopped_early
+        value = metrics.get(self.monitor)
+        improved = value is not None and (self.best is None or self.sign * (value - self.best) > 0)
+        if not (improved or final or state.epoch % self.every == 0):
+            return
+        ckpt = make_checkpoint(trainer, state, config=self.config, run_id=self.run_id)
+        if final or state.epoch % self.every == 0:
+            save_checkpoint(ckpt, self.directory / "last.pt")
+            self.last_saved_epoch = state.epoch
+        if improved:
+            self.best = value
+            save_checkpoint(ckpt, self.directory / "best.pt")
+
+
+# ---------------------------------------------------------------------------------------------- the job
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job; returns the final metrics. Raises RunError with the exit code on failure."""
+    try:
+        check_config(cfg)
+    except ConfigError as exc:
+        raise RunError(str(exc), 2) from None
+    run_dir, overrides, choices = hydra_runtime()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    checkpoint = None
+    if resolved["trainer"]["resume"]:
+        from dlx.checkpoint import load_checkpoint
+
+        path = find_checkpoint(resolved["trainer"]["resume"], resolved["tracking"], run_dir)
+        checkpoint = load_checkpoint(path)
+        resolved = resumed_config(checkpoint["config"], resolved, overrides)
+        log.info("resuming from %s (epoch %d, step %d)", path, checkpoint["epoch"], checkpoint["step"])
+    return _train(resolved, run_dir=run_dir, overrides=overrides, choices=choices, checkpoint=checkpoint)
+
+
+def _train(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, checkpoint: dict | None) -> dict:
+    from dlx.build import build
+    from dlx.data import DatasetError
+
+    t = cfg["trainer"]
+    try:
+        built = build(cfg)
+    except (DatasetError, ValueError) as exc:  # bad combinations found while building: no run exists yet
+        raise RunError(str(exc), 2) from None
+    tracker = _open_tracker(cfg["tracking"])
+    trainer = built.trainer
+    run_id = None
+    status, error, exit_code = "FAILED", None, 1
+    progress = None
+    try:
+        run_id = _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint)
+        ckpt_dir = _checkpoint_dir(tracker, run_dir)
+        if run_id:
+            tracker.set_tags({"dlx.checkpoint_dir": str(ckpt_dir), "dlx.run_dir": str(run_dir.resolve())})
+        callbacks = [TrackingCallback(tracker)]
+        ck = t["checkpoint"]
+        if ck["enabled"]:
+            callbacks.append(CheckpointCallback(ckpt_dir, every=ck["every_n_epochs"], monitor=ck["monitor"],
+                                                mode=ck["mode"], config=cfg, run_id=run_id))
+        from dlx.console import create_progress
+
+        progress = create_progress(t["progress"])
+        if progress is not None:
+            callbacks.append(progress)
+        trainer.callbacks = callbacks
+        state = None
+        if checkpoint is not None:
+            from dlx.checkpoint import restore
+
+            state = restore(trainer, checkpoint)
+        with sigterm_as_interrupt():
+            state = trainer.fit(state)
+            if hasattr(progress, "close"):
+                progress.close()
+            final = _finish(trainer, state, tracker, run_dir)
+        status, exit_code = "FINISHED", 0
+        _print_summary(final, tracker, status)
+        return final
+    except KeyboardInterrupt as exc:
+        status, exit_code = "KILLED", 143 if isinstance(exc, Terminated) else 130
+        error = "terminated by SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        raise RunError(f"run {status}: {error}; the last checkpoint is kept"
+                       + (f"; continue with: dlx train trainer.resume={run_id}" if run_id else ""), exit_code) from None
+    except Exception as exc:
+        from dlx.engine import NonFiniteLoss
+
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, NonFiniteLoss):
+            raise RunError(f"run FAILED: {exc}", 1) from None
+        raise
+    finally:
+        if hasattr(progress, "close"):
+            progress.close()
+        _close(tracker, run_dir, status, error)
+
+
+def _open_tracker(tcfg: dict):
+    from dlx.tracking import NullTracker, Tracker
+
+    if not tcfg["enabled"]:
+        return NullTracker()
+    return Tracker(uri=tcfg["uri"], experiment=tcfg["experiment"], artifact_location=tcfg["artifact_location"])
+
+
+def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint) -> str | None:
+    from dlx.tracking import flatten
+
+    if checkpoint is not None and checkpoint.get("run_id") and tracker.enabled:
+        run_id = tracker.resume(checkpoint["run_id"])
+        tracker.set_tags({"dlx.resumed_from_epoch": str(checkpoint["epoch"]), "dlx.command": " ".join(COMMAND_LINE)})
+        return run_id
+    m, o, d = cfg["model"]["name"], cfg["optimizer"]["name"], cfg["dataset"]["name"]
+    name = cfg["tracking"]["run_name"] or f"{m}-{o}-{d}-s{cfg['trainer']['seed']}"
+    tags = {**runtime_tags(built.device), **git_info(), **{f"dlx.choice.{g}": c for g, c in choices.items()},
+            "dlx.overrides": " ".join(overrides), **cfg["tracking"]["tags"]}
+    run_id = tracker.start(run_name=name, tags=tags, parent_run_id=os.environ.get("DLX_PARENT_RUN_ID"))
+    if run_id:
+        params = flatten(cfg)
+        params.update({"model.num_params": built.num_params, "data.n_train": len(built.data.x_train),
+                       "data.n_val": len(built.data.x_val), "data.n_test": len(built.data.x_test)})
+        tracker.log_params(params)
+        config_path = run_dir / "config.yaml"
+        config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+        tracker.log_artifact(config_path)
+    log.info("run %s%s: %s params, %d train / %d val / %d test samples on %s", name,
+             f" ({run_id})" if run_id else "", f"{built.num_params:,}", len(built.data.x_train),
+             len(built.data.x_val), len(built.data.x_test), built.device)
+    return run_id
+
+
+def _checkpoint_dir(tracker, run_dir: Path) -> Path:
+    """Inside the run's artifact directory when the artifact store is local: checkpoints are then
+    logged the moment they are written and survive a SIGKILL; else in the run dir, uploaded at the end."""
+    local = tracker.local_artifact_dir() if tracker.enabled else None
+    return (local / "checkpoints") if local is not None else (run_dir / "checkpoints")
+
+
+def _finish(trainer, state, tracker, run_dir: Path) -> dict:
+    from dlx.plots import plot_learning_curves
+
+    final = dict(state.history[-1]) if state.history else {}
+    restored = trainer.restore_best()
+    test = trainer.evaluate(trainer.data.x_test, trainer.data.y_test)
+    final.update({"test/loss": test["loss"], "test/acc": test["acc"], "epochs": state.epoch})
+    summary = {"test/loss": test["loss"], "test/acc": test["acc"]}
+    if trainer.early_stopping is not None and trainer.early_stopping.best is not None:
+        summary["best_epoch"] = trainer.early_stopping.best_epoch
+        final["best_epoch"] = trainer.early_stopping.best_epoch
+    tracker.log_metrics(summary, step=state.epoch)
+    if restored:
+        tracker.set_tags({"dlx.test_on": f"best weights of epoch {trainer.early_stopping.best_epoch}"})
+    if state.stopped_early:
+        tracker.set_tags({"dlx.stopped_early": f"epoch {state.epoch}"})
+    if state.history and tracker.enabled:
+        png = plot_learning_curves(state.history, run_dir / "learning_curves.png")
+        tracker.log_artifact(png, "plots")
+    return final
+
+
+def _close(tracker, run_dir: Path, status: str, error: str | None) -> None:
+    """Upload what is not in the store yet, drain the metrics, and set the run's final status."""
+    if not tracker.enabled or tracker.run_id is None:
+        return
+    try:
+        ckpt_dir = run_dir / "checkpoints"
+        if ckpt_dir.is_dir():  # remote artifact store: checkpoints were written locally
+            for f in sorted(ckpt_dir.glob("*.pt")):
+                tracker.log_artifact(f, "checkpoints")
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.flush()
+        for logfile in run_dir.glob("*.log"):
+            tracker.log_artifact(logfile, "logs")
+    finally:
+        tracker.end(status, error)
+
+
+def _print_summary(final: dict, tracker, status: str) -> None:
+    from dlx.console import print_summary
+
+    ui = None
+    if tracker.enabled:
+        ui = "dlx ui" if tracker.uri.startswith("sqlite:///") else f"open {tracker.uri}"
+    print_summary(metrics=final, run_id=tracker.run_id, status=status, ui_command=ui,
+                  artifact_uri=tracker.artifact_uri if tracker.enabled else None)
+
+
+def elapsed(t0: float) -> str:
+    return f"{time.perf_counter() - t0:.1f}s"
