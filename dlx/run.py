@@ -159,7 +159,11 @@ class TrackingCallback:
         self.tracker.log_metrics(metrics, step=state.step)
 
     def on_epoch_end(self, trainer, state, metrics):
-        self.tracker.log_metrics(metrics, step=state.epoch)
+        # epoch-level curves use the epoch as their step; lr keeps the optimizer-step axis of its
+        # per-window points (the point at the epoch's end is added unless a window just logged it)
+        self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "lr"}, step=state.epoch)
+        if state.step % trainer.opt.log_every_n_steps:
+            self.tracker.log_metrics({"lr": metrics["lr"]}, step=state.step)
         self.tracker.flush()
 
 

@@ -1,0 +1,72 @@
+"""Shared test helpers: run the real `dlx` CLI in a temporary working directory and read its
+embedded MLflow store (outputs/mlflow.db there) back with MlflowClient."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# small and fast: the suite runs on 2 CPU cores
+QUICK = ["trainer.epochs=2", "model.width=32", "trainer.progress=plain"]
+
+
+def dlx_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DLX_"))}
+    env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    env.update(extra)
+    return env
+
+
+def run_dlx(args: list[str], cwd: Path, *, timeout: float = 240, env: dict | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """`python -m dlx ARGS` in cwd; returns the completed process (text stdout/stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "dlx", *args], cwd=cwd, env=env or dlx_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dlx {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def store_uri(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'outputs' / 'mlflow.db'}"
+
+
+def client_for(workdir: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=store_uri(workdir))
+
+
+def all_runs(workdir: Path):
+    """Every run in the workdir's default store ([] when the store does not exist)."""
+    if not (workdir / "outputs" / "mlflow.db").exists():
+        return []
+    client = client_for(workdir)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids) if ids else []
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty working directory for one CLI run (its outputs/ holds the MLflow store)."""
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: opt in with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
