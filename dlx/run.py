@@ -13,7 +13,6 @@ import platform
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -181,7 +180,7 @@ class CheckpointCallback:
 
     def on_fit_start(self, trainer, state):
         if state.history and self.monitor in state.history[0]:
-            self.best = max((self.sign * h[self.monitor] for h in state.history)) * self.sign
+            self.best = max(self.sign * h[self.monitor] for h in state.history) * self.sign
 
     def on_step(self, trainer, state): ...
 
@@ -229,16 +228,20 @@ def _train(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, che
     from dlx.build import build
     from dlx.data import DatasetError
 
-    t = cfg["trainer"]
     try:
         built = build(cfg)
     except (DatasetError, ValueError) as exc:  # bad combinations found while building: no run exists yet
         raise RunError(str(exc), 2) from None
     tracker = _open_tracker(cfg["tracking"])
-    trainer = built.trainer
-    run_id = None
-    status, error, exit_code = "FAILED", None, 1
-    progress = None
+    with sigterm_as_interrupt():
+        return _track(cfg, built, tracker, run_dir=run_dir, overrides=overrides, choices=choices,
+                      checkpoint=checkpoint)
+
+
+def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> dict:
+    t, trainer = cfg["trainer"], built.trainer
+    run_id, progress = None, None
+    status, error = "FAILED", None
     try:
         run_id = _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint)
         ckpt_dir = _checkpoint_dir(tracker, run_dir)
@@ -260,12 +263,11 @@ def _train(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, che
             from dlx.checkpoint import restore
 
             state = restore(trainer, checkpoint)
-        with sigterm_as_interrupt():
-            state = trainer.fit(state)
-            if hasattr(progress, "close"):
-                progress.close()
-            final = _finish(trainer, state, tracker, run_dir)
-        status, exit_code = "FINISHED", 0
+        state = trainer.fit(state)
+        if hasattr(progress, "close"):
+            progress.close()
+        final = _finish(trainer, state, tracker, run_dir)
+        status = "FINISHED"
         _print_summary(final, tracker, status)
         return final
     except KeyboardInterrupt as exc:
@@ -377,5 +379,3 @@ def _print_summary(final: dict, tracker, status: str) -> None:
                   artifact_uri=tracker.artifact_uri if tracker.enabled else None)
 
 
-def elapsed(t0: float) -> str:
-    return f"{time.perf_counter() - t0:.1f}s"
