@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
         from dlx import __version__
@@ -51,6 +51,8 @@ def cmd_train(args: list[str]) -> int:
         return error("dlx train runs one job; a multirun is a sweep", 2)
     from dlx.config import ConfigError
 
+    if {"--help", "-h"}.intersection(args):
+        return train_help([a for a in args if not a.startswith("-")])
     if not _INSPECT_FLAGS.intersection(args):
         # Compose once before Hydra runs: bad options, keys, types and ranges exit with code 2 and a
         # message naming the key, before any data is loaded or any MLflow run exists.
@@ -61,6 +63,25 @@ def cmd_train(args: list[str]) -> int:
         except ConfigError as exc:
             return error(str(exc), 2)
     return _run_hydra(args)
+
+
+def train_help(overrides: list[str]) -> int:
+    """Hydra's --help would list the schema entries of the ConfigStore as options: answer from conf/."""
+    from omegaconf import OmegaConf
+
+    from dlx.compose import GROUPS, compose, list_options
+    from dlx.config import ConfigError
+
+    try:
+        cfg = compose(overrides, check=False)
+    except ConfigError as exc:
+        return error(str(exc), 2)
+    groups = "\n".join(f"  {g}: {', '.join(list_options(g))}" for g in GROUPS)
+    print(f"usage: dlx train [group=option ...] [key=value ...] [--cfg job] [--hydra-help]\n\n"
+          f"== Configuration groups ==\nCompose your configuration from those groups (group=option;\n"
+          f"regularization and augmentation take lists: regularization=[l2,dropout])\n\n{groups}\n\n"
+          f"== Config ==\nOverride anything in the config (foo.bar=value)\n\n{OmegaConf.to_yaml(cfg)}")
+    return 0
 
 
 def _run_hydra(args: list[str]) -> int:
@@ -112,11 +133,12 @@ def cmd_ui(args: list[str]) -> int:
     p = argparse.ArgumentParser(prog="dlx ui", description="Open the MLflow UI on the tracking store.")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: only this machine)")
+    p.add_argument("--workers", type=int, default=1, help="server worker processes")
     p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or outputs/mlflow.db)")
     ns = p.parse_args(args)
     from dlx.runs import ui_command
 
-    cmd = ui_command(uri=ns.uri, host=ns.host, port=ns.port)
+    cmd = ui_command(uri=ns.uri, host=ns.host, port=ns.port, workers=ns.workers)
     print(f"MLflow UI at http://{ns.host}:{ns.port}  (Ctrl-C stops it)", flush=True)
     os.execvp(cmd[0], cmd)
     return 0  # not reached

@@ -14,7 +14,7 @@ GROUPS = ("dataset", "model", "optimizer", "scheduler", "regularization", "augme
 def config_dir() -> Path:
     """conf/ of a source checkout (editable install) or the copy a wheel ships as dlx/conf."""
     package = Path(__file__).resolve().parent
-    for candidate in (package.parent / "conf", package / "conf"):
+    for candidate in (package / "conf", package.parent / "conf"):  # the wheel's own copy first
         if (candidate / "config.yaml").is_file():
             return candidate
     raise FileNotFoundError(f"dlx cannot find its configs: neither {package.parent / 'conf'} nor {package / 'conf'}")

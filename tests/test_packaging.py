@@ -234,8 +234,6 @@ def test_train_help_lists_every_config_group_and_option(train_help):
     assert not (train_help.cwd / "outputs").exists(), "--help must not create a run directory"
 
 
-@pytest.mark.xfail(strict=True, reason="dlx train --help lists the internal schema_* ConfigStore entries as "
-                                       "options of dataset, model, optimizer and scheduler")
 def test_train_help_lists_only_selectable_options(train_help):
     groups = _help_groups(train_help.stdout)
     internal = {g: [o for o in opts if o.startswith("schema_")] for g, opts in groups.items()}
