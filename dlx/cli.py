@@ -13,6 +13,10 @@ A deep-learning experiment lab: Hydra-composed runs, recorded in MLflow.
 commands:
   train   train one model; args are Hydra overrides, e.g. dlx train model=resnet optimizer=adam
           (dlx train --help lists every config group and option; --cfg job prints the composed config)
+  sweep   a grid, random or Bayesian search; trials nest under one parent MLflow run
+          e.g. dlx sweep optimizer=sgd,adam seed=0,1,2   (dlx sweep --help for search options)
+  study   run a ready-made study (dlx study lists them): dlx study optimizers
+  report  a sweep's runs as a table of mean +- 95% CI over seeds, with plots: dlx report <parent run id>
   runs    list recent MLflow runs with their key params and metrics
   ui      open the MLflow UI on the tracking store (127.0.0.1)
 
@@ -34,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dlx {__version__}")
         return 0
     command, args = argv[0], argv[1:]
-    commands = {"train": cmd_train, "runs": cmd_runs, "ui": cmd_ui}
+    commands = {"train": cmd_train, "sweep": cmd_sweep, "study": cmd_study, "report": cmd_report,
+                "runs": cmd_runs, "ui": cmd_ui}
     if command not in commands:
         print(f"dlx: unknown command '{command}'; valid: {', '.join(commands)}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -112,6 +117,24 @@ def _run_hydra(args: list[str]) -> int:
     finally:
         sys.argv = saved
     return outcome["code"]
+
+
+def cmd_sweep(args: list[str]) -> int:
+    from dlx.sweep.cli import sweep_main
+
+    return sweep_main(args)
+
+
+def cmd_study(args: list[str]) -> int:
+    from dlx.sweep.cli import study_main
+
+    return study_main(args)
+
+
+def cmd_report(args: list[str]) -> int:
+    from dlx.report.cli import report_main
+
+    return report_main(args)
 
 
 def cmd_runs(args: list[str]) -> int:

@@ -313,6 +313,21 @@ class TrackingConfig:
     experiment: str = "dlx"
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # set by `dlx sweep` on every trial: the trial's MLflow run nests under this run, in any process
+    parent_run_id: str | None = None
+
+
+@dataclass
+class TrialConfig:
+    """Set by the sweeper on each trial of a Bayesian search, so the trial can report its per-epoch
+    objective to the Optuna study and stop when the pruner says so. Empty for a plain run."""
+
+    study: str | None = None
+    storage: str | None = None
+    number: int | None = None
+    objective: str = "val/acc"
+    direction: str = "maximize"
+    prune: bool = False
 
 
 @dataclass
@@ -327,6 +342,7 @@ class Config:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
     seed: int = 0
 
 

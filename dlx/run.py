@@ -34,6 +34,10 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C."""
 
 
+class Pruned(RuntimeError):
+    """A sweep's pruner stopped this trial: not a failure, not a finished result."""
+
+
 class RunError(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
@@ -257,6 +261,10 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
         progress = create_progress(t["progress"])
         if progress is not None:
             callbacks.append(progress)
+        if cfg.get("trial", {}).get("study") and cfg["trial"].get("prune"):
+            from dlx.pruning import PruningCallback
+
+            callbacks.append(PruningCallback(**cfg["trial"]))
         trainer.callbacks = callbacks
         state = None
         if checkpoint is not None:
@@ -270,6 +278,9 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
         status = "FINISHED"
         _print_summary(final, tracker, status)
         return final
+    except Pruned as exc:
+        status, error = "KILLED", f"pruned: {exc}"
+        raise
     except KeyboardInterrupt as exc:
         status, exit_code = "KILLED", 143 if isinstance(exc, Terminated) else 130
         error = "terminated by SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
@@ -285,6 +296,10 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
     finally:
         if hasattr(progress, "close"):
             progress.close()
+        outcome = {"FINISHED": "ok", "FAILED": "failed"}.get(status, "pruned" if error and error.startswith("pruned")
+                                                                  else "killed")
+        if tracker.enabled and tracker.run_id:
+            tracker.set_tags({"dlx.outcome": outcome})
         _close(tracker, run_dir, status, error)
 
 
@@ -307,7 +322,7 @@ def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint) -> 
     name = cfg["tracking"]["run_name"] or f"{m}-{o}-{d}-s{cfg['trainer']['seed']}"
     tags = {**runtime_tags(built.device), **git_info(), **{f"dlx.choice.{g}": c for g, c in choices.items()},
             "dlx.overrides": " ".join(overrides), **cfg["tracking"]["tags"]}
-    run_id = tracker.start(run_name=name, tags=tags, parent_run_id=os.environ.get("DLX_PARENT_RUN_ID"))
+    run_id = tracker.start(run_name=name, tags=tags, parent_run_id=cfg["tracking"].get("parent_run_id"))
     if run_id:
         params = flatten(cfg)
         params.update({"model.num_params": built.num_params, "data.n_train": len(built.data.x_train),
