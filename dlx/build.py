@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dlx.data import DataSplits, create_augmentation, create_dataset
-from dlx.engine import EarlyStopping, FitOptions, Trainer
+from dlx.engine import EarlyStopping, FitOptions, Trainer, metric_mode
 from dlx.losses import create_loss
 from dlx.models import create_model
 from dlx.optim import create_optimizer
@@ -70,6 +70,8 @@ def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
     o = dict(cfg["optimizer"])
     optimizer = create_optimizer(o.pop("name"), model, **o)
     s = dict(cfg["scheduler"])
+    if s.get("mode") == "auto":  # as for early stopping: max for accuracies, min for losses
+        s["mode"] = metric_mode(s["monitor"])
     steps_per_epoch = max(1, -(-len(data.x_train) // t["batch_size"]))
     schedule = create_scheduler(s.pop("name"), optimizer, steps_per_epoch=steps_per_epoch,
                                 epochs=max(1, t["epochs"]), **s)

@@ -53,7 +53,8 @@ def error(message: str, code: int) -> int:
 
 def cmd_train(args: list[str]) -> int:
     if "-m" in args or "--multirun" in args:
-        return error("dlx train runs one job; a multirun is a sweep", 2)
+        return error("-m/--multirun is not for dlx train, which runs one job: use dlx sweep with the same "
+                     "overrides (dlx sweep optimizer=sgd,adam seed=0,1,2)", 2)
     from dlx.config import ConfigError
 
     if {"--help", "-h"}.intersection(args):
@@ -106,7 +107,7 @@ def _run_hydra(args: list[str]) -> int:
             run.train(cfg)
         except run.RunError as exc:
             outcome["code"] = exc.exit_code
-            print(f"dlx: {exc}", file=sys.stderr)
+            print(f"dlx: {'error: ' if exc.exit_code == 2 else ''}{exc}", file=sys.stderr)
 
     saved = sys.argv
     sys.argv = ["dlx-train", *args]

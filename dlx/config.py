@@ -447,7 +447,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "trainer.seed": (lambda v: v >= 0, ">= 0"),
     "trainer.log_every_n_steps": (lambda v: v >= 1, ">= 1"),
     "trainer.checkpoint.every_n_epochs": (lambda v: v >= 1, ">= 1"),
-    "trainer.device": (lambda v: bool(_DEVICE_RE.match(v)), "auto, cpu, cuda or cuda:N"),
+    "trainer.device": (lambda v: bool(_DEVICE_RE.match(v)), "auto, cpu, mps, cuda or cuda:N"),
     "trainer.progress": (lambda v: v in _PROGRESS, ", ".join(_PROGRESS)),
 }
 
@@ -457,22 +457,54 @@ _METRIC_KEYS = ("scheduler.monitor", "regularization.early_stopping.monitor", "t
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every value outside its allowed range (all at once)."""
-    problems = []
+    problems, reported = [], {}
     for key, (ok, allowed) in _RULES.items():
         value = OmegaConf.select(cfg, key, default="__absent__")
         if value == "__absent__":
             continue
         if isinstance(value, DictConfig) or not _safe(ok, value):
-            problems.append(f"{key}={_show(value)} is out of range: allowed {allowed}")
+            source = _FOLLOWS.get(key)
+            if source in reported and reported[source] == value:
+                continue  # follows the reported key through an interpolation: one message is enough
+            reported[key] = value
+            what = "is not valid" if isinstance(value, str) else "is out of range"
+            problems.append(f"{key}={_show(value)} {what}: allowed {allowed}")
     for key in _METRIC_KEYS:
         value = OmegaConf.select(cfg, key)
         if value is not None and value not in METRIC_NAMES:
             problems.append(f"{key}={value} is not a metric dlx logs per epoch: allowed {', '.join(METRIC_NAMES)}")
     if cfg.regularization.early_stopping.enabled and cfg.dataset.val_fraction == 0:
         problems.append("regularization.early_stopping needs a validation split: dataset.val_fraction must be > 0")
+    problems += _combination_problems(cfg)
     problems += _device_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+# keys whose default is an interpolation of another key (conf/): report the source only
+_FOLLOWS = {"model.dropout": "regularization.dropout", "trainer.seed": "seed"}
+
+
+def _enum(value) -> str:
+    return value.value if isinstance(value, Enum) else str(value)
+
+
+def _combination_problems(cfg: DictConfig) -> list[str]:
+    """Rules that join two keys or depend on the chosen option: checked before any data loads."""
+    problems = []
+    model, depth = cfg.model.name, cfg.model.depth
+    if model == "resnet" and (depth < 8 or (depth - 2) % 6):
+        problems.append(f"model.depth={depth} is not valid for resnet: allowed 6n+2 (8, 14, 20, 32, 44, 56, ...)")
+    if model == "cnn" and depth < 1:
+        problems.append(f"model.depth={depth} is out of range for cnn: allowed >= 1 (depth 0 is an mlp)")
+    if model == "mlp" and _enum(cfg.model.norm) == "instance":
+        problems.append("model.norm=instance needs feature maps and mlp has none: allowed none, batch, layer, "
+                        "group (or model=cnn / model=resnet)")
+    if _enum(cfg.trainer.loss) == "hinge" and cfg.regularization.label_smoothing:
+        problems.append("regularization.label_smoothing must be 0 with trainer.loss=hinge (it takes hard labels)")
+    if cfg.scheduler.name == "onecycle" and cfg.scheduler.warmup_epochs:
+        problems.append("scheduler.warmup_epochs must be 0 with scheduler=onecycle (pct_start is its warmup)")
+    return problems
 
 
 def _device_problems(cfg: DictConfig) -> list[str]:

@@ -22,6 +22,8 @@ from dlx.optim import decayed_params
 
 
 class NonFiniteLoss(RuntimeError):
+    """Steps count from 1 like MLflow's step axis: step n is the n-th optimizer step of the run."""
+
     def __init__(self, epoch: int, step: int, last_step: int | None = None):
         where = f"step {step}" if last_step is None else f"a step between {step} and {last_step}"
         super().__init__(f"non-finite training loss at epoch {epoch}, {where}; training stopped")
@@ -205,7 +207,7 @@ class Trainer:
                 loss = loss + opt.l1 * sum(p.abs().sum() for p in self.decayed)
             if self.check_every == 1:
                 if not torch.isfinite(loss):
-                    raise NonFiniteLoss(state.epoch + 1, state.step)
+                    raise NonFiniteLoss(state.epoch + 1, state.step + 1)
             else:
                 bad += ~torch.isfinite(loss.detach())
             self._step(loss, state.step)
@@ -224,7 +226,7 @@ class Trainer:
                 cb.on_step(self, state)
             if state.step % opt.log_every_n_steps == 0:
                 if self.check_every > 1 and bad.item():
-                    raise NonFiniteLoss(state.epoch + 1, win_start, state.step - 1)
+                    raise NonFiniteLoss(state.epoch + 1, win_start + 1, state.step)
                 metrics = {"train/loss_step": win_loss.item() / win_seen,
                            "train/acc_step": win_correct.item() / win_seen, "lr": self.schedule.lr}
                 for cb in self.callbacks:
@@ -233,7 +235,7 @@ class Trainer:
                 win_correct.zero_()
                 win_seen, win_start = 0, state.step
         if self.check_every > 1 and bad.item():
-            raise NonFiniteLoss(state.epoch + 1, win_start, state.step - 1)
+            raise NonFiniteLoss(state.epoch + 1, win_start + 1, state.step)
         return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen, "lr": self.schedule.lr}
 
     def _step(self, loss: torch.Tensor, step: int) -> None:

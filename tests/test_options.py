@@ -14,6 +14,7 @@ import copy
 import gzip
 import math
 import pickle
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from dlx.build import build
+from dlx.build import Built, build
 from dlx.compose import GROUPS, check_config, compose, config_dir, list_options
 from dlx.config import Activation, ConfigError, Init, Loss, Norm, Pool
 from dlx.data.bundled import mnist1d_cache_name
@@ -43,14 +44,24 @@ TINY = [
 TINY_IF_PRESENT = {"dataset.n_samples": "200", "model.hidden": "16"}
 
 # the option of each group that conf/config.yaml picks
-DEFAULTS = {g: o for d in OmegaConf.load(config_dir() / "config.yaml").defaults if isinstance(d, dict) or OmegaConf.is_dict(d)
+DEFAULTS = {g: o for d in OmegaConf.load(config_dir() / "config.yaml").defaults if OmegaConf.is_dict(d)
             for g, o in d.items()}
 CASES = [(group, option) for group in GROUPS for option in list_options(group)]
 MODELS = list_options("model")
 N_TRAIN, N_TEST = 60, 20
 
 
-# ------------------------------------------------------------------------------------------- fake data files
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: a second intra-op thread only adds hand-offs, and on a busy 2-core machine
+    they cost 20x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------- fake data files
 def _idx_bytes(array: np.ndarray) -> bytes:
     """IDX format: 0, 0, type code 0x08 (ubyte), ndim, one big-endian uint32 per dim, then the data."""
     header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
@@ -99,7 +110,7 @@ def data_root(tmp_path_factory):
     return root
 
 
-# ------------------------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------------------ helpers
 def option_yaml(group: str, option: str) -> dict:
     """The option's own values as written in conf/<group>/<option>.yaml (without its defaults list)."""
     raw = OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{option}.yaml"), resolve=False)
@@ -114,8 +125,11 @@ def _choice(overrides: list[str], group: str) -> str:
 
 def tiny_config(overrides: list[str], root, *, extra: list[str] = ()) -> dict:
     """Compose TINY plus overrides and extra (a key given twice keeps its last value), resolved to a dict."""
-    present = [f"{key}={value}" for key, value in TINY_IF_PRESENT.items()
-               if key.split(".")[1] in option_yaml(key.split(".")[0], _choice(overrides, key.split(".")[0]))]
+    present = []
+    for key, value in TINY_IF_PRESENT.items():
+        group, leaf = key.split(".")
+        if leaf in option_yaml(group, _choice(overrides, group)):
+            present.append(f"{key}={value}")
     merged = {o.split("=", 1)[0]: o for o in [*TINY, *present, f"dataset.root={root}", *overrides, *extra]}
     cfg = compose(list(merged.values()))
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -139,24 +153,38 @@ def train_and_check(built) -> dict:
     return metrics
 
 
-class InputRecorder:
-    """Keeps every batch the model is called on (a forward pre-hook)."""
+@dataclass
+class Step:
+    """What one_step saw: the resolved config, the built objects, weights before and after, metrics."""
 
-    def __init__(self, model: nn.Module):
-        self.inputs: list[torch.Tensor] = []
-        model.register_forward_pre_hook(lambda module, args: self.inputs.append(args[0].detach().clone()))
+    cfg: dict
+    built: Built
+    before: dict[str, torch.Tensor]
+    after: dict[str, torch.Tensor]
+    metrics: dict
+    inputs: list[torch.Tensor]  # every batch the model was called on
+
+    @property
+    def grads(self) -> dict[str, torch.Tensor]:
+        """The gradients the optimizer stepped with (after any clipping)."""
+        return {name: p.grad for name, p in self.built.model.named_parameters()}
 
 
-def one_step(overrides: list[str], root, *, record_inputs: bool = False):
-    """Build on 40 digits with a single full-batch plain-SGD step at the constant lr of the config."""
+def one_step(overrides: list[str], root) -> Step:
+    """Build on 40 digits and take a single full-batch plain-SGD step at the config's constant lr."""
     cfg = tiny_config(["optimizer=sgd", "scheduler=constant", *overrides], root,
                       extra=["trainer.batch_size=40"])
     built = build(cfg)
-    w0 = snapshot(built.model)
-    recorder = InputRecorder(built.model) if record_inputs else None
+    before = snapshot(built.model)
+    inputs: list[torch.Tensor] = []
+    built.model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
     metrics = built.trainer.train_epoch(TrainState())
-    assert built.trainer.steps_per_epoch == 1
-    return cfg, built, w0, snapshot(built.model), metrics, recorder
+    assert built.trainer.steps_per_epoch == 1 and len(inputs) == 1
+    return Step(cfg, built, before, snapshot(built.model), metrics, inputs)
+
+
+def global_norm(tensors) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])))
 
 
 def _leaves(node, prefix: str = ""):
@@ -167,7 +195,7 @@ def _leaves(node, prefix: str = ""):
         yield prefix, node
 
 
-# ------------------------------------------------------------------------------------------- every option
+# ------------------------------------------------------------------------------------- every option
 def test_the_tree_has_every_group_and_options():
     assert set(GROUPS) == {p.name for p in config_dir().iterdir() if p.is_dir()}
     for group in GROUPS:
@@ -201,34 +229,34 @@ def test_option_composes_builds_and_takes_optimisation_steps(group, option, data
 
 
 @pytest.fixture(scope="module")
-def baseline(data_root):
+def plain(data_root) -> Step:
     """The default config's single full-batch SGD step, which the effect tests compare against."""
-    return one_step([], data_root, record_inputs=True)
+    return one_step([], data_root)
 
 
-# ------------------------------------------------------------------------------------------- regularization
-def test_l2_adds_l2_times_w_to_the_gradient_of_weights_only(data_root, baseline):
-    _, _, w0, plain, _, _ = baseline
-    cfg, _, _, decayed, _, _ = one_step(["regularization=l2"], data_root)
-    lr, l2 = cfg["optimizer"]["lr"], cfg["regularization"]["l2"]
-    assert l2 > 0
-    for name, w in w0.items():
-        expected = plain[name] - lr * l2 * w if w.ndim >= 2 else plain[name]
-        torch.testing.assert_close(decayed[name], expected, rtol=0, atol=1e-7, msg=name)
-    assert any(not torch.equal(decayed[n], plain[n]) for n in w0)
+# ----------------------------------------------------------------------------------- regularization
+def test_l2_adds_l2_times_w_to_the_gradient_of_weights_only(data_root, plain):
+    step = one_step(["regularization=l2"], data_root)
+    lr, l2 = step.cfg["optimizer"]["lr"], step.cfg["regularization"]["l2"]
+    assert l2 > 0 and plain.before.keys() == step.before.keys()
+    for name, w in plain.before.items():
+        assert torch.equal(step.before[name], w), "same seed, same initial weights"
+        # weight matrices and kernels decay; biases and norm parameters do not
+        expected = plain.after[name] - lr * l2 * w if w.ndim >= 2 else plain.after[name]
+        torch.testing.assert_close(step.after[name], expected, rtol=0, atol=1e-7, msg=name)
+    assert any(not torch.equal(step.after[n], plain.after[n]) for n in plain.after)
 
 
-def test_l1_adds_its_penalty_to_the_loss_and_its_sign_to_the_update(data_root, baseline):
-    _, _, w0, plain, plain_metrics, _ = baseline
-    cfg, _, _, l1_weights, l1_metrics, _ = one_step(["regularization=l1"], data_root)
-    lr, l1 = cfg["optimizer"]["lr"], cfg["regularization"]["l1"]
+def test_l1_adds_its_penalty_to_the_loss_and_its_sign_to_the_update(data_root, plain):
+    step = one_step(["regularization=l1"], data_root)
+    lr, l1 = step.cfg["optimizer"]["lr"], step.cfg["regularization"]["l1"]
     assert l1 > 0
-    penalty = l1 * sum(float(w.abs().sum()) for w in w0.values() if w.ndim >= 2)
-    assert l1_metrics["train/loss"] == pytest.approx(plain_metrics["train/loss"] + penalty, rel=1e-6)
-    for name, w in w0.items():
-        expected = plain[name] - lr * l1 * torch.sign(w) if w.ndim >= 2 else plain[name]
-        torch.testing.assert_close(l1_weights[name], expected, rtol=0, atol=2e-7, msg=name)
-    assert any(not torch.equal(l1_weights[n], plain[n]) for n in w0)
+    penalty = l1 * sum(float(w.abs().sum()) for w in plain.before.values() if w.ndim >= 2)
+    assert step.metrics["train/loss"] == pytest.approx(plain.metrics["train/loss"] + penalty, rel=1e-6)
+    for name, w in plain.before.items():
+        expected = plain.after[name] - lr * l1 * torch.sign(w) if w.ndim >= 2 else plain.after[name]
+        torch.testing.assert_close(step.after[name], expected, rtol=0, atol=2e-7, msg=name)
+    assert any(not torch.equal(step.after[n], plain.after[n]) for n in plain.after)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -249,67 +277,58 @@ def test_dropout_option_sets_the_model_dropout(model, data_root):
     train_and_check(built)
 
 
-def test_label_smoothing_changes_the_training_loss_only(data_root, baseline):
-    _, plain_built, _, _, plain_metrics, _ = baseline
-    cfg, built, _, _, metrics, _ = one_step(["regularization=label_smoothing"], data_root)
-    s = cfg["regularization"]["label_smoothing"]
+def test_label_smoothing_changes_the_training_loss_only(data_root, plain):
+    step = one_step(["regularization=label_smoothing"], data_root)
+    s = step.cfg["regularization"]["label_smoothing"]
     assert 0 < s < 1
-    assert metrics["train/loss"] != pytest.approx(plain_metrics["train/loss"], rel=1e-4)
+    assert step.metrics["train/loss"] != pytest.approx(plain.metrics["train/loss"], rel=1e-4)
     logits, y = torch.randn(16, 10), torch.arange(16) % 10
-    assert built.trainer.loss_fn(logits, y).item() == pytest.approx(
-        F.cross_entropy(logits, y, label_smoothing=s).item(), rel=1e-6)
+    smoothed, hard = F.cross_entropy(logits, y, label_smoothing=s).item(), F.cross_entropy(logits, y).item()
+    assert step.built.trainer.loss_fn(logits, y).item() == pytest.approx(smoothed, rel=1e-6)
     # evaluation reports the plain loss, so val/test losses compare across settings
-    assert built.trainer.eval_loss_fn(logits, y).item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
-    assert plain_built.trainer.loss_fn(logits, y).item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    assert step.built.trainer.eval_loss_fn(logits, y).item() == pytest.approx(hard, rel=1e-6)
+    assert plain.built.trainer.loss_fn(logits, y).item() == pytest.approx(hard, rel=1e-6)
 
 
-def test_early_stopping_option_builds_an_early_stopping(data_root):
-    assert build(tiny_config(["regularization=none"], data_root)).trainer.early_stopping is None
+def test_early_stopping_option_builds_an_early_stopping(data_root, plain):
+    assert plain.built.trainer.early_stopping is None
     cfg = tiny_config(["regularization=early_stopping"], data_root)
     es = build(cfg).trainer.early_stopping
     want = cfg["regularization"]["early_stopping"]
-    assert isinstance(es, EarlyStopping)
+    assert isinstance(es, EarlyStopping) and want["enabled"]
     assert (es.monitor, es.mode, es.patience, es.min_delta, es.restore_best) == (
         want["monitor"], want["mode"], want["patience"], want["min_delta"], want["restore_best"])
 
 
-def test_grad_clip_bounds_the_gradient_norm(data_root, baseline):
-    _, plain, w0, plain_w, _, _ = baseline
-    grads = {n: p.grad.detach().clone() for n, p in plain.model.named_parameters()}
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+def test_grad_clip_bounds_the_gradient_norm(data_root, plain):
+    norm = global_norm(plain.grads.values())
     cfg = tiny_config(["regularization=grad_clip"], data_root)
     assert cfg["regularization"]["grad_clip"]["type"] == "norm"
-    # the option's own threshold may exceed this tiny model's gradient norm; half of it must clip
-    threshold = min(cfg["regularization"]["grad_clip"]["threshold"], float(norm) / 2)
-    c, clipped, _, clipped_w, _, _ = one_step(
-        ["regularization=grad_clip", f"regularization.grad_clip.threshold={threshold}"], data_root)
-    after = {n: p.grad for n, p in clipped.model.named_parameters()}
-    clipped_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in after.values()]))
-    assert float(clipped_norm) <= threshold * (1 + 1e-5)
-    assert float(clipped_norm) == pytest.approx(threshold, rel=1e-4)
-    lr = c["optimizer"]["lr"]
-    for name, g in grads.items():  # the same direction, scaled down; the step used the clipped gradient
-        torch.testing.assert_close(after[name], g * (threshold / float(norm)), rtol=1e-4, atol=1e-7)
-        torch.testing.assert_close(clipped_w[name], w0[name] - lr * after[name], rtol=0, atol=1e-6)
-    assert any(not torch.equal(clipped_w[n], plain_w[n]) for n in w0)
+    # the option's threshold may exceed this tiny model's gradient norm; half that norm must clip
+    threshold = min(cfg["regularization"]["grad_clip"]["threshold"], norm / 2)
+    clip = ["regularization=grad_clip", f"regularization.grad_clip.threshold={threshold}"]
+    step = one_step(clip, data_root)
+    assert global_norm(step.grads.values()) <= threshold * (1 + 1e-5)
+    assert global_norm(step.grads.values()) == pytest.approx(threshold, rel=1e-4)
+    lr = step.cfg["optimizer"]["lr"]
+    for name, g in plain.grads.items():  # the same direction, scaled down; the step used the clipped gradient
+        torch.testing.assert_close(step.grads[name], g * (threshold / norm), rtol=1e-4, atol=1e-7)
+        expected = step.before[name] - lr * step.grads[name]
+        torch.testing.assert_close(step.after[name], expected, rtol=0, atol=1e-6)
 
 
-def test_grad_clip_value_bounds_every_element(data_root, baseline):
-    _, plain, _, _, _, _ = baseline
-    biggest = max(float(p.grad.abs().max()) for p in plain.model.parameters())
-    threshold = biggest / 4
-    _, clipped, _, _, _, _ = one_step(["regularization=grad_clip", "regularization.grad_clip.type=value",
-                                       f"regularization.grad_clip.threshold={threshold}"], data_root)
-    assert max(float(p.grad.abs().max()) for p in clipped.model.parameters()) == pytest.approx(threshold)
+def test_grad_clip_by_value_bounds_every_element(data_root, plain):
+    threshold = max(float(g.abs().max()) for g in plain.grads.values()) / 4
+    step = one_step(["regularization=grad_clip", "regularization.grad_clip.type=value",
+                     f"regularization.grad_clip.threshold={threshold}"], data_root)
+    assert max(float(g.abs().max()) for g in step.grads.values()) == pytest.approx(threshold)
 
 
-def test_input_noise_perturbs_training_inputs_by_its_std(data_root, baseline):
-    _, _, _, _, _, plain = baseline
-    cfg, _, _, _, metrics, noisy = one_step(["regularization=input_noise"], data_root, record_inputs=True)
-    std = cfg["regularization"]["input_noise"]
-    assert std > 0 and math.isfinite(metrics["train/loss"])
-    assert len(plain.inputs) == len(noisy.inputs) == 1
-    diff = noisy.inputs[0] - plain.inputs[0]
+def test_input_noise_perturbs_training_inputs_by_its_std(data_root, plain):
+    step = one_step(["regularization=input_noise"], data_root)
+    std = step.cfg["regularization"]["input_noise"]
+    assert std > 0 and math.isfinite(step.metrics["train/loss"])
+    diff = step.inputs[0] - plain.inputs[0]  # same seed: the same batch, plus the noise
     assert float(diff.std()) == pytest.approx(std, rel=0.1)
     assert abs(float(diff.mean())) < std / 10
 
@@ -326,22 +345,21 @@ def test_regularization_options_combine(data_root):
     train_and_check(built)
 
 
-# ------------------------------------------------------------------------------------------- augmentation
+# ------------------------------------------------------------------------------------- augmentation
 @pytest.mark.parametrize("option", list_options("augmentation"))
-def test_augmentation_changes_what_the_model_trains_on(option, data_root, baseline):
-    _, _, _, _, _, plain = baseline
-    _, built, _, _, metrics, seen = one_step([f"augmentation={option}"], data_root, record_inputs=True)
-    assert math.isfinite(metrics["train/loss"])
-    assert seen.inputs[0].shape == plain.inputs[0].shape == (40, 1, 8, 8)
+def test_augmentation_changes_what_the_model_trains_on(option, data_root, plain):
+    step = one_step([f"augmentation={option}"], data_root)
+    assert math.isfinite(step.metrics["train/loss"])
+    assert step.inputs[0].shape == plain.inputs[0].shape == (40, 1, 8, 8)  # digits are images
     if option == "none":
-        assert built.trainer.augment is None
-        assert torch.equal(seen.inputs[0], plain.inputs[0])
+        assert step.built.trainer.augment is None
+        assert torch.equal(step.inputs[0], plain.inputs[0])
     else:
-        assert built.trainer.augment.ops
-        assert not torch.equal(seen.inputs[0], plain.inputs[0])
+        assert step.built.trainer.augment.ops
+        assert not torch.equal(step.inputs[0], plain.inputs[0])
 
 
-# ------------------------------------------------------------------------------------------- schedulers
+# --------------------------------------------------------------------------------------- schedulers
 class LrRecorder(Callback):
     def __init__(self):
         self.lrs: list[float] = []
@@ -414,7 +432,7 @@ def test_scheduler_sets_the_lr_its_definition_gives(option, data_root):
     assert (len(set(lrs)) > 1) == moves
 
 
-# ------------------------------------------------------------------------------------------- trainer and tracking
+# ----------------------------------------------------------------------------- trainer and tracking
 def test_tracking_server_follows_the_environment(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert compose(["tracking=server"]).tracking.uri == "http://127.0.0.1:5000"
@@ -430,10 +448,11 @@ def test_tracking_off_and_trainer_quick():
     assert quick.batch_size == compose([]).trainer.batch_size  # the rest stays at the schema's defaults
 
 
-# ------------------------------------------------------------------------------------------- shared model knobs
+# ------------------------------------------------------------------------------- shared model knobs
 KNOBS = ([("model.norm", v.value) for v in Norm] + [("model.activation", v.value) for v in Activation]
          + [("model.init", v.value) for v in Init] + [("trainer.loss", v.value) for v in Loss])
-KNOB_CASES = [(m, k, v) for m in MODELS for k, v in KNOBS if not (m == "mlp" and (k, v) == ("model.norm", "instance"))]
+# mlp has no feature maps for instance norm: test_instance_norm_on_mlp_is_a_clear_error
+KNOB_CASES = [(m, k, v) for m in MODELS for k, v in KNOBS if (m, k, v) != ("mlp", "model.norm", "instance")]
 
 
 # how each model.norm shows in a model: layer norm on feature maps is GroupNorm with a single group
@@ -452,7 +471,8 @@ def typed_base(data_root):
 
     def get(model: str):
         if model not in cache:
-            present = [f"model.hidden={TINY_IF_PRESENT['model.hidden']}"] if "hidden" in option_yaml("model", model) else []
+            hidden = "hidden" in option_yaml("model", model)
+            present = [f"model.hidden={TINY_IF_PRESENT['model.hidden']}"] if hidden else []
             cache[model] = compose([*TINY, *present, f"dataset.root={data_root}", f"model={model}"])
         return copy.deepcopy(cache[model])
 
@@ -480,16 +500,15 @@ def test_cnn_pool_builds_and_steps(pool, data_root):
 
 
 def test_instance_norm_on_mlp_is_a_clear_error(data_root):
-    cfg = tiny_config(["model=mlp", "model.norm=instance"], data_root)
+    # caught while composing, before any data loads
     with pytest.raises(ValueError, match="model.norm=instance") as info:
-        build(cfg)
-    assert "cnn or resnet" in str(info.value) and "norm=layer" in str(info.value)
+        build(tiny_config(["model=mlp", "model.norm=instance"], data_root))
+    assert "model=cnn / model=resnet" in str(info.value) and "layer" in str(info.value)
 
 
 def test_hinge_loss_with_label_smoothing_is_a_clear_error(data_root):
-    cfg = tiny_config(["trainer.loss=hinge", "regularization=label_smoothing"], data_root)
     with pytest.raises(ValueError, match="label_smoothing.*hinge"):
-        build(cfg)
+        build(tiny_config(["trainer.loss=hinge", "regularization=label_smoothing"], data_root))
 
 
 @pytest.mark.parametrize(("key", "enum"), [("model.norm", Norm), ("model.activation", Activation),
