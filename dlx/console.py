@@ -52,6 +52,12 @@ class BarProgress(PlainProgress):
 
     def on_fit_start(self, trainer, state):
         self.progress.start()
+        # rich redirects sys.stdout so prints scroll above the bars; logging handlers still hold the
+        # real stream, so point them at the redirect until the bars stop
+        self._swapped = []
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler and handler.stream in (sys.__stdout__, sys.__stderr__):
+                self._swapped.append((handler, handler.setStream(sys.stdout)))
         self.epoch_task = self.progress.add_task("epoch", total=trainer.opt.epochs, completed=state.epoch, info="")
         self.step_task = self.progress.add_task("step", total=trainer.steps_per_epoch, info="")
 
@@ -69,6 +75,9 @@ class BarProgress(PlainProgress):
 
     def close(self):
         self.progress.stop()
+        for handler, stream in getattr(self, "_swapped", []):
+            handler.setStream(stream)
+        self._swapped = []
 
 
 def create_progress(setting: str) -> Callback | None:
