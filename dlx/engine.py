@@ -119,7 +119,7 @@ class Trainer:
         self.loss_fn, self.eval_loss_fn = loss_fn, eval_loss_fn
         self.data, self.opt, self.augment = data, options, augment
         self.early_stopping = early_stopping
-        self.forward = forward or model  # torch.compile'd module, when asked for
+        self.forward = forward if forward is not None else model  # the torch.compile'd module
         self.callbacks = list(callbacks)
         self.device = data.x_train.device
         self.scaler = torch.amp.GradScaler(self.device.type) if options.amp == "fp16" else None
