@@ -6,7 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from dlx.config import ConfigError, register_configs, validate
+from dlx.config import ConfigError, register_configs
+from dlx.validate import validate
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "regularization", "augmentation", "trainer", "tracking")
 

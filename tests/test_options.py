@@ -197,7 +197,8 @@ def _leaves(node, prefix: str = ""):
 
 # ------------------------------------------------------------------------------------- every option
 def test_the_tree_has_every_group_and_options():
-    assert set(GROUPS) == {p.name for p in config_dir().iterdir() if p.is_dir()}
+    # study/ (sweep presets) and hydra/ (launchers) are exercised by the sweep and launcher tests
+    assert set(GROUPS) == {p.name for p in config_dir().iterdir() if p.is_dir()} - {"study", "hydra"}
     for group in GROUPS:
         assert list_options(group), f"conf/{group} has no options"
 

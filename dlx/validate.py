@@ -1,0 +1,162 @@
+"""Range and combination checks of a composed config: everything a type cannot say, checked right
+after composition and before any data is loaded. All problems are reported at once."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dlx.config import ConfigError
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+_PROGRESS = ("auto", "bar", "plain", "none")
+
+# key -> (predicate, what is allowed); keys that an option lacks are skipped
+_RULES: dict[str, tuple[Any, str]] = {
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "dataset.val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "dataset.train_subset": (lambda v: v is None or v >= 1, "null or >= 1"),
+    "dataset.n_samples": (lambda v: v >= 10, ">= 10"),
+    "dataset.noise": (lambda v: v >= 0, ">= 0"),
+    "model.width": (lambda v: v >= 1, ">= 1"),
+    "model.depth": (lambda v: v >= 0, ">= 0"),
+    "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.kernel_size": (lambda v: v >= 1, ">= 1"),
+    "model.stride": (lambda v: v >= 1, ">= 1"),
+    "model.padding": (lambda v: v >= 0, ">= 0"),
+    "model.hidden": (lambda v: v >= 1, ">= 1"),
+    "optimizer.lr": (lambda v: v > 0, "> 0"),
+    "optimizer.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optimizer.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optimizer.dampening": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optimizer.betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "optimizer.eps": (lambda v: v > 0, "> 0"),
+    "optimizer.rho": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optimizer.alpha": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optimizer.lr_decay": (lambda v: v >= 0, ">= 0"),
+    "optimizer.initial_accumulator_value": (lambda v: v >= 0, ">= 0"),
+    "scheduler.warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "scheduler.warmup_start_factor": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "scheduler.step_size": (lambda v: v >= 1, ">= 1"),
+    "scheduler.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "scheduler.milestones": (lambda v: all(m >= 1 for m in v) and list(v) == sorted(v), "increasing epochs >= 1"),
+    "scheduler.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "scheduler.t0_epochs": (lambda v: v >= 1, ">= 1"),
+    "scheduler.t_mult": (lambda v: v >= 1, ">= 1"),
+    "scheduler.pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "scheduler.div_factor": (lambda v: v >= 1, ">= 1"),
+    "scheduler.final_div_factor": (lambda v: v >= 1, ">= 1"),
+    "scheduler.factor": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "scheduler.patience": (lambda v: v >= 0, ">= 0"),
+    "regularization.l1": (lambda v: v >= 0, ">= 0"),
+    "regularization.l2": (lambda v: v >= 0, ">= 0"),
+    "regularization.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "regularization.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "regularization.input_noise": (lambda v: v >= 0, ">= 0"),
+    "regularization.early_stopping.patience": (lambda v: v >= 0, ">= 0"),
+    "regularization.early_stopping.min_delta": (lambda v: v >= 0, ">= 0"),
+    "regularization.grad_clip.threshold": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+    "augmentation.crop_padding": (lambda v: v >= 0, ">= 0"),
+    "augmentation.cutout_size": (lambda v: v >= 0, ">= 0"),
+    "augmentation.mixup_alpha": (lambda v: v >= 0, ">= 0"),
+    "augmentation.cutmix_alpha": (lambda v: v >= 0, ">= 0"),
+    "augmentation.noise_std": (lambda v: v >= 0, ">= 0"),
+    "trainer.epochs": (lambda v: v >= 0, ">= 0"),
+    "trainer.batch_size": (lambda v: v >= 1, ">= 1"),
+    "trainer.eval_batch_size": (lambda v: v >= 1, ">= 1"),
+    "trainer.seed": (lambda v: v >= 0, ">= 0"),
+    "trainer.log_every_n_steps": (lambda v: v >= 1, ">= 1"),
+    "trainer.checkpoint.every_n_epochs": (lambda v: v >= 1, ">= 1"),
+    "trainer.device": (lambda v: bool(_DEVICE_RE.match(v)), "auto, cpu, mps, cuda or cuda:N"),
+    "trainer.progress": (lambda v: v in _PROGRESS, ", ".join(_PROGRESS)),
+}
+
+METRIC_NAMES = ("val/loss", "val/acc", "train/loss", "train/acc")
+_METRIC_KEYS = ("scheduler.monitor", "regularization.early_stopping.monitor", "trainer.checkpoint.monitor")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every value outside its allowed range (all at once)."""
+    problems, reported = [], {}
+    for key, (ok, allowed) in _RULES.items():
+        value = OmegaConf.select(cfg, key, default="__absent__")
+        if value == "__absent__":
+            continue
+        if isinstance(value, DictConfig) or not _safe(ok, value):
+            source = _FOLLOWS.get(key)
+            if source in reported and reported[source] == value:
+                continue  # follows the reported key through an interpolation: one message is enough
+            reported[key] = value
+            what = "is not valid" if isinstance(value, str) else "is out of range"
+            problems.append(f"{key}={_show(value)} {what}: allowed {allowed}")
+    for key in _METRIC_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value not in METRIC_NAMES:
+            problems.append(f"{key}={value} is not a metric dlx logs per epoch: allowed {', '.join(METRIC_NAMES)}")
+    if cfg.regularization.early_stopping.enabled and cfg.dataset.val_fraction == 0:
+        problems.append("regularization.early_stopping needs a validation split: dataset.val_fraction must be > 0")
+    problems += _combination_problems(cfg)
+    problems += _device_problems(cfg)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+# keys whose default is an interpolation of another key (conf/): report the source only
+_FOLLOWS = {"model.dropout": "regularization.dropout", "trainer.seed": "seed"}
+
+
+def _enum(value) -> str:
+    return value.value if isinstance(value, Enum) else str(value)
+
+
+def _combination_problems(cfg: DictConfig) -> list[str]:
+    """Rules that join two keys or depend on the chosen option: checked before any data loads."""
+    problems = []
+    model, depth = cfg.model.name, cfg.model.depth
+    if model == "resnet" and (depth < 8 or (depth - 2) % 6):
+        problems.append(f"model.depth={depth} is not valid for resnet: allowed 6n+2 (8, 14, 20, 32, 44, 56, ...)")
+    if model == "cnn" and depth < 1:
+        problems.append(f"model.depth={depth} is out of range for cnn: allowed >= 1 (depth 0 is an mlp)")
+    if model == "mlp" and _enum(cfg.model.norm) == "instance":
+        problems.append("model.norm=instance needs feature maps and mlp has none: allowed none, batch, layer, "
+                        "group (or model=cnn / model=resnet)")
+    if _enum(cfg.trainer.loss) == "hinge" and cfg.regularization.label_smoothing:
+        problems.append("regularization.label_smoothing must be 0 with trainer.loss=hinge (it takes hard labels)")
+    if cfg.scheduler.name == "onecycle" and cfg.scheduler.warmup_epochs:
+        problems.append("scheduler.warmup_epochs must be 0 with scheduler=onecycle (pct_start is its warmup)")
+    return problems
+
+
+def _device_problems(cfg: DictConfig) -> list[str]:
+    device = str(cfg.trainer.device)
+    amp = cfg.trainer.amp.value if isinstance(cfg.trainer.amp, Enum) else str(cfg.trainer.amp)
+    wants_cuda = device.startswith("cuda")
+    if not (wants_cuda or amp != "off"):
+        return []
+    import torch  # only here: a config without CUDA requests never pays for the import
+
+    problems = []
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if wants_cuda and n == 0:
+        problems.append(f"trainer.device={device} but no CUDA device is available: allowed auto or cpu here")
+    elif device.startswith("cuda:") and int(device.split(":")[1]) >= n:
+        problems.append(f"trainer.device={device} but only {n} CUDA device(s) exist: allowed cuda:0..cuda:{n - 1}")
+    if amp != "off" and n == 0:
+        problems.append(f"trainer.amp={amp} needs a CUDA device and none is available: allowed off here")
+    if amp == "bf16" and n > 0 and not torch.cuda.is_bf16_supported():
+        problems.append("trainer.amp=bf16 is not supported by this GPU: allowed off or fp16")
+    return problems
+
+
+def _safe(pred, value) -> bool:
+    try:
+        return bool(pred(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _show(value) -> str:
+    return value.value if isinstance(value, Enum) else repr(value) if isinstance(value, str) else str(value)
