@@ -185,10 +185,14 @@ class Trainer:
         self.model.train()
         n = len(data.x_train)
         perm = torch.randperm(n, device=self.device)
-        zero = torch.zeros((), device=self.device)
-        loss_sum, correct, seen = zero.clone(), zero.clone(), 0
-        win_loss, win_correct, win_seen, win_start = zero.clone(), zero.clone(), 0, state.step
-        bad = zero.clone()
+        # On CPU the step's loss is read as a Python number (that read is the finiteness check) and the
+        # sums stay Python floats: cheaper than a handful of tiny tensor ops per step. On an accelerator
+        # the sums stay on the device and are read once per log window.
+        on_host = self.check_every == 1
+        zero = (lambda: 0.0) if on_host else (lambda: torch.zeros((), device=self.device))
+        loss_sum, correct, seen = zero(), zero(), 0
+        win_loss, win_correct, win_seen, win_start = zero(), zero(), 0, state.step
+        bad = zero()
         amp = amp_context(self.device, opt.amp)
         for start in range(0, n, opt.batch_size):
             idx = perm[start:start + opt.batch_size]
@@ -205,38 +209,38 @@ class Trainer:
                     loss = lam * loss + (1 - lam) * self.loss_fn(logits, y_b)
             if opt.l1:
                 loss = loss + opt.l1 * sum(p.abs().sum() for p in self.decayed)
-            if self.check_every == 1:
-                if not torch.isfinite(loss):
+            if on_host:
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
                     raise NonFiniteLoss(state.epoch + 1, state.step + 1)
             else:
-                bad += ~torch.isfinite(loss.detach())
+                loss_value = loss.detach().float()
+                bad += ~torch.isfinite(loss_value)
             self._step(loss, state.step)
             with torch.no_grad():
                 pred = logits.argmax(-1)
                 hit = (pred == y).sum() if lam == 1.0 else lam * (pred == y).sum() + (1 - lam) * (pred == y_b).sum()
-                loss_d = loss.detach().float() * len(y)
-                loss_sum += loss_d
-                correct += hit
-                win_loss += loss_d
-                win_correct += hit
-            seen += len(y)
+            if on_host:
+                hit = hit.item()
+            win_loss += loss_value * len(y)
+            win_correct += hit
             win_seen += len(y)
             state.step += 1
             for cb in self.callbacks:
                 cb.on_step(self, state)
             if state.step % opt.log_every_n_steps == 0:
-                if self.check_every > 1 and bad.item():
+                if not on_host and bad.item():
                     raise NonFiniteLoss(state.epoch + 1, win_start + 1, state.step)
-                metrics = {"train/loss_step": win_loss.item() / win_seen,
-                           "train/acc_step": win_correct.item() / win_seen, "lr": self.schedule.lr}
+                metrics = {"train/loss_step": float(win_loss) / win_seen,
+                           "train/acc_step": float(win_correct) / win_seen, "lr": self.schedule.lr}
                 for cb in self.callbacks:
                     cb.on_step_log(self, state, metrics)
-                win_loss.zero_()
-                win_correct.zero_()
-                win_seen, win_start = 0, state.step
-        if self.check_every > 1 and bad.item():
+                loss_sum, correct, seen = loss_sum + win_loss, correct + win_correct, seen + win_seen
+                win_loss, win_correct, win_seen, win_start = zero(), zero(), 0, state.step
+        if not on_host and bad.item():
             raise NonFiniteLoss(state.epoch + 1, win_start + 1, state.step)
-        return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen, "lr": self.schedule.lr}
+        loss_sum, correct, seen = loss_sum + win_loss, correct + win_correct, seen + win_seen
+        return {"train/loss": float(loss_sum) / seen, "train/acc": float(correct) / seen, "lr": self.schedule.lr}
 
     def _step(self, loss: torch.Tensor, step: int) -> None:
         opt, optimizer = self.opt, self.optimizer
