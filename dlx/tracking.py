@@ -155,8 +155,9 @@ class _Writer:
 
         ctx = multiprocessing.get_context("spawn")  # fork would copy torch's threads and locks
         self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
-        # not a daemon: daemonic processes may not start children, and sweep workers start writers
-        self.process = ctx.Process(target=_writer_main, name="dlx-mlflow-writer",
+        # a daemon, so that an exit that skipped `end` cannot hang waiting for it (every normal path
+        # drains it first); sweep workers are plain subprocesses, which may start daemons
+        self.process = ctx.Process(target=_writer_main, name="dlx-mlflow-writer", daemon=True,
                                    args=(uri, run_id, self.inbox, self.outbox, os.getpid()))
         self.process.start()
         self.error: str | None = None
