@@ -17,7 +17,8 @@ import yaml
 from conftest import REPO, dlx_env, run_dlx
 
 COMMANDS = ("train", "runs", "ui")
-GROUPS = sorted(p.name for p in (REPO / "conf").iterdir() if p.is_dir())
+# the groups of a run; conf/study (dlx study) and conf/hydra (launchers) belong to sweeps
+GROUPS = sorted(p.name for p in (REPO / "conf").iterdir() if p.is_dir() and p.name not in ("study", "hydra"))
 HEAVY = ("torch", "mlflow")
 
 

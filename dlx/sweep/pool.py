@@ -1,0 +1,389 @@
+"""A pool of long-lived worker processes that run sweep trials, and the trial hygiene shared with
+the in-process launcher.
+
+Each worker (`python -m dlx.sweep.worker`) imports torch, MLflow and dlx once and then runs trials one
+after another, so a trial costs its training and nothing else. Parent and worker speak over two pipes
+(multiprocessing Connections: length-prefixed pickles); the worker's stdout and stderr are the sweep's.
+
+A worker that dies (SIGKILL, the out-of-memory killer, os._exit) fails only the trial it was running:
+the parent sees the end of its pipe, records that trial as FAILED with the reason, closes the trial's
+MLflow run if it was left RUNNING, starts a replacement and carries on. joblib's loky pool, which
+hydra-joblib-launcher uses, instead aborts the whole sweep with TerminatedWorkerError.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import gc
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from contextlib import contextmanager
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger("dlx.sweep.launcher")
+
+STARTUP_FAILURES = 3  # workers that die before they are ready, in a row, before the sweep gives up
+
+
+class WorkerDied(RuntimeError):
+    """The worker process running a trial ended before the trial did."""
+
+
+class WorkerStartError(RuntimeError):
+    """Worker processes keep dying before they can run a trial."""
+
+
+# ---------------------------------------------------------------------------------------------- hygiene
+@contextmanager
+def terminate_as_interrupt():
+    """SIGTERM raises dlx.run.Terminated (a KeyboardInterrupt) while trials launch, so a terminated
+    sweep stops its workers and closes its runs the way Ctrl-C does."""
+    from dlx.run import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        yield
+
+
+def interrupt_from(ret: JobReturn) -> BaseException | None:
+    """The interrupt to re-raise when an in-process trial ended because of Ctrl-C or SIGTERM:
+    dlx.run closes the run KILLED and raises RunError(130 or 143), which Hydra's run_job records as an
+    ordinary failure; the sweep must stop there, not go on to the next trial."""
+    from dlx.run import RunError, Terminated
+
+    if ret.status != JobStatus.FAILED or not isinstance(ret._return_value, RunError):
+        return None
+    return {130: KeyboardInterrupt(), 143: Terminated()}.get(ret._return_value.exit_code)
+
+
+@contextmanager
+def isolated_trial(threads: int | None = None):
+    """Undo what one trial changes in process-wide state, so the next trial in the same process starts
+    from the same place: environment variables and torch's global switches (a trial with
+    trainer.deterministic=true turns deterministic algorithms on for the whole process). `threads`:
+    torch's intra-op threads during the trial (None: leave them)."""
+    try:
+        import torch  # every dlx trial imports it; here it is imported once, before the first trial
+    except ImportError:
+        torch = None
+    saved_env = dict(os.environ)
+    saved = _torch_switches(torch) if torch is not None else None
+    if threads and torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if os.environ != saved_env:
+            os.environ.clear()
+            os.environ.update(saved_env)
+        if saved is not None:
+            _restore_torch_switches(torch, saved)
+        # a finished trial's model, data and optimizer sit in reference cycles: free them now, not at
+        # some later collection, so the next trial does not stack its tensors on top of them
+        # (measured: 12 in-process trials of a width-256 MLP grew RSS by ~50 MB without this)
+        gc.collect()
+
+
+def _torch_switches(torch) -> dict:
+    return {"deterministic": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "threads": torch.get_num_threads(),
+            "dtype": torch.get_default_dtype(),
+            "grad": torch.is_grad_enabled()}
+
+
+def _restore_torch_switches(torch, s: dict) -> None:
+    torch.use_deterministic_algorithms(s["deterministic"], warn_only=s["warn_only"])
+    torch.backends.cudnn.benchmark = s["cudnn_benchmark"]
+    torch.backends.cudnn.deterministic = s["cudnn_deterministic"]
+    if torch.get_num_threads() != s["threads"]:
+        torch.set_num_threads(s["threads"])
+    torch.set_default_dtype(s["dtype"])
+    torch.set_grad_enabled(s["grad"])
+
+
+class traced:
+    """The task function, first writing which process runs the trial into the trial's own log."""
+
+    def __init__(self, task_function, idx: int):
+        self.task_function, self.idx = task_function, idx
+
+    def __call__(self, cfg: DictConfig):
+        logging.getLogger("dlx").info("trial %d running in pid %d", self.idx, os.getpid())
+        return self.task_function(cfg)
+
+
+def portable_exception(exc: BaseException) -> BaseException:
+    """`exc` when it survives a pickle round trip (dlx.run.Pruned does), else a RuntimeError that keeps
+    its type name and message, e.g. "RunError: run FAILED: loss is nan at step 12"."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any exception that does not round-trip is replaced
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def compose_trial(config_loader, config: DictConfig, idx: int, overrides: list[str]) -> DictConfig:
+    """The config of trial `idx`, as Hydra's BasicLauncher composes it: the sweep's config with the
+    trial's overrides, job id and number set (hydra.sweep.subdir interpolates the number)."""
+    sweep_config = config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = idx
+        sweep_config.hydra.job.num = idx
+    return sweep_config
+
+
+def failed_return(sweep_config: DictConfig, error: BaseException) -> JobReturn:
+    """The JobReturn of a trial that never reported back, shaped like the one run_job makes."""
+    output_dir = trial_dir(sweep_config)
+    config = copy.deepcopy(sweep_config)
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = str(output_dir)
+    task_cfg = copy.deepcopy(config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    ret = JobReturn(overrides=list(OmegaConf.to_container(config.hydra.overrides.task)), cfg=task_cfg,
+                    hydra_cfg=OmegaConf.masked_copy(config, ["hydra"]), working_dir=os.getcwd(),
+                    task_name=str(config.hydra.job.name), status=JobStatus.FAILED)
+    ret.return_value = error
+    return ret
+
+
+def trial_dir(sweep_config: DictConfig) -> Path:
+    """The trial's output directory, as Hydra's run_job computes it: sweep dir / subdir."""
+    return Path(os.path.abspath(os.path.join(str(sweep_config.hydra.sweep.dir), str(sweep_config.hydra.sweep.subdir))))
+
+
+def close_orphan_run(sweep_config: DictConfig, reason: str) -> None:
+    """Mark FAILED the trial's MLflow run that its dead worker left RUNNING; dlx.run tags each run with
+    its run directory (dlx.run_dir), which is unique to the trial."""
+    try:
+        tracking = OmegaConf.to_container(sweep_config.tracking, resolve=True) if "tracking" in sweep_config else None
+        if not tracking or not tracking.get("enabled"):
+            return
+        from dlx.tracking import open_store, resolve_uri
+
+        uri, artifacts = resolve_uri(tracking["uri"], tracking.get("artifact_location"))
+        client, experiment_id = open_store(uri, tracking["experiment"], artifacts)
+        run_dir = str(trial_dir(sweep_config).resolve()).replace("'", "\\'")
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`dlx.run_dir` = '{run_dir}' "
+                                                                 "and attributes.status = 'RUNNING'")
+        for run in runs:
+            client.set_tag(run.info.run_id, "dlx.error", reason)
+            client.set_tag(run.info.run_id, "dlx.outcome", "failed")
+            client.set_terminated(run.info.run_id, status="FAILED")
+            log.info("closed run %s of the dead worker as FAILED", run.info.run_id)
+    except Exception as exc:  # noqa: BLE001 - the sweep goes on; the sweeper may still close the run
+        log.warning("could not close the MLflow run of the dead worker's trial: %s", exc)
+
+
+def death_reason(returncode: int | None, pid: int, idx: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        how = f"died with signal {name}"
+        if name == "SIGKILL":
+            how += " (kill -9 or the out-of-memory killer)"
+    else:
+        how = f"exited with code {returncode}"
+    where = f" while running trial {idx}" if idx is not None else " before running a trial"
+    return f"worker process {pid} {how}{where}"
+
+
+# ---------------------------------------------------------------------------------------------- the pool
+class _Worker:
+    def __init__(self, pool: WorkerPool):
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = {**os.environ, "OMP_NUM_THREADS": str(pool.threads), "MKL_NUM_THREADS": str(pool.threads),
+               "PYTHONUNBUFFERED": "1",
+               # a killed worker leaves its multiprocessing semaphores to its resource tracker, which
+               # frees them and would warn about each "leak" in the sweep's output
+               "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                        "ignore::UserWarning:multiprocessing.resource_tracker"]))}
+        # a session of its own: a Ctrl-C at the terminal reaches only the parent, which then stops each
+        # worker with one SIGTERM (two signals could interrupt a trial's run while it is being closed)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dlx.sweep.worker", str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.pid = self.proc.pid
+        self.send_conn = Connection(to_child_w, readable=False)
+        self.recv_conn = Connection(from_child_r, writable=False)
+        self.send_conn.send_bytes(pickle.dumps(list(sys.path)))  # first: unpickling may need sys.path
+        self.send_conn.send_bytes(pool.state)
+        self.send_conn.send_bytes(pool.payload)
+        self.ready, self.started = False, time.monotonic()
+        self.job: tuple[int, list[str]] | None = None
+
+    def submit(self, job: tuple[int, list[str]]) -> bool:
+        """Hand the worker a trial; False when the worker is already gone (its pipe is closed)."""
+        try:
+            self.send_conn.send(job)
+        except OSError:
+            return False
+        self.job = job
+        return True
+
+    def close_pipes(self) -> None:
+        for conn in (self.send_conn, self.recv_conn):
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+class WorkerPool:
+    """n long-lived worker processes; `run` spreads a batch of trials over them.
+
+    A trial travels as (job number, overrides): each worker composes its trials' configs itself with
+    Hydra's config loader, as hydra-joblib-launcher does. Composing costs ~0.4 s a trial (measured on
+    2 busy cores); done in the parent it was serial work the workers waited for, 12 trials -> 4.9 s.
+    `compose(idx, overrides)` makes the same sweep config in the parent, needed only when a worker dies.
+    """
+
+    def __init__(self, n: int, *, hydra_context, task_function, config: DictConfig, compose,
+                 threads: int | None = None, shutdown_grace_s: float = 30.0):
+        try:
+            import cloudpickle as pickler  # task functions may be closures (an app's @hydra.main body)
+        except ImportError:  # pragma: no cover - MLflow depends on cloudpickle
+            pickler = pickle
+        self.n = n
+        self.threads = threads or max(1, len(os.sched_getaffinity(0)) // n)
+        self.shutdown_grace_s, self.compose = shutdown_grace_s, compose
+        # Hydra's singletons (ConfigStore, JobRuntime, ...) travel apart and are installed first: installing
+        # them rescans the plugins, which re-executes their modules and so redefines their config
+        # dataclasses; the config loaded after that refers to the classes pickle will find again
+        self.state = pickler.dumps(Singleton.get_state())  # OmegaConf's resolvers are closures
+        # resolve the sweep dir once here: its ${now:...} is cached in the config and travels with it,
+        # so every worker puts its trials under the same sweep dir instead of its own time stamp
+        str(config.hydra.sweep.dir)
+        self.payload = pickler.dumps({"hydra_context": hydra_context, "task_function": task_function,
+                                      "config": config, "threads": self.threads})
+        self.workers: list[_Worker] = []
+        self.closed = False
+        atexit.register(self.close)
+
+    def start(self) -> None:
+        """Start the n workers now (they import torch and MLflow in the background)."""
+        while len(self.workers) < self.n:
+            self._start()
+
+    def _start(self) -> _Worker:
+        worker = _Worker(self)
+        self.workers.append(worker)
+        return worker
+
+    def run(self, jobs: list[tuple[int, list[str]]]) -> list[JobReturn]:
+        """Run every job; returns their JobReturns in the order of `jobs`."""
+        pending, results = deque(jobs), {}
+        self.start()
+        startup_failures = 0
+        while pending or any(w.job is not None for w in self.workers):
+            for worker in self.workers:
+                if worker.ready and worker.job is None and pending:
+                    if worker.submit(pending[0]):  # else it is gone: wait() shows the end of its pipe
+                        pending.popleft()
+            for conn in wait([w.recv_conn for w in self.workers]):
+                worker = next(w for w in self.workers if w.recv_conn is conn)
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    startup_failures = startup_failures + 1 if not worker.ready and worker.job is None else 0
+                    self._replace(worker, results)
+                    if startup_failures >= STARTUP_FAILURES:
+                        raise WorkerStartError(f"{startup_failures} worker processes in a row died before they "
+                                               "were ready; their errors are printed above") from None
+                    continue
+                kind = message[0]
+                if kind == "ready":
+                    worker.ready, startup_failures = True, 0
+                    log.info("worker %d ready after %.1f s", worker.pid, time.monotonic() - worker.started)
+                elif kind == "started":
+                    log.info("trial %d running in pid %d", message[1], message[2])
+                elif kind == "done":
+                    results[message[1]] = message[2]
+                    worker.job = None
+        return [results[idx] for idx, _ in jobs]
+
+    def _replace(self, worker: _Worker, results: dict) -> None:
+        """`worker` is gone: fail its trial, close its MLflow run, start another in its place."""
+        worker.close_pipes()
+        self.workers.remove(worker)
+        try:
+            returncode = worker.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # the pipe broke but the process lingers: make sure it is gone
+            worker.proc.kill()
+            returncode = worker.proc.wait()
+        idx = worker.job[0] if worker.job is not None else None
+        reason = death_reason(returncode, worker.pid, idx)
+        log.error("%s", reason)
+        if worker.job is not None:
+            try:
+                sweep_config = self.compose(*worker.job)
+            except Exception:  # noqa: BLE001 - the trial still fails with its reason, without a config
+                results[idx] = JobReturn(overrides=worker.job[1], status=JobStatus.FAILED)
+                results[idx].return_value = WorkerDied(reason)
+            else:
+                close_orphan_run(sweep_config, reason)
+                results[idx] = failed_return(sweep_config, WorkerDied(reason))
+        if not self.closed:
+            self._start()
+
+    def close(self) -> None:
+        """Ask idle workers to exit and wait for them; workers still busy are terminated."""
+        if self.closed:
+            return
+        self.closed = True
+        for worker in self.workers:
+            try:
+                if worker.job is None:
+                    worker.send_conn.send(None)
+                else:
+                    worker.proc.send_signal(signal.SIGTERM)
+                worker.send_conn.close()
+            except OSError:
+                pass
+        self._stop_all(grace_s=self.shutdown_grace_s)
+
+    def terminate(self) -> None:
+        """Ctrl-C or SIGTERM of the sweep: SIGTERM each worker (dlx.run closes its trial's run KILLED),
+        wait up to shutdown_grace_s, then SIGKILL what is left."""
+        if self.closed:
+            return
+        self.closed = True
+        for worker in self.workers:
+            if worker.proc.poll() is None:
+                log.warning("stopping worker %d%s", worker.pid,
+                            f" (trial {worker.job[0]})" if worker.job is not None else "")
+                worker.proc.send_signal(signal.SIGTERM)
+            worker.send_conn.close()  # no next trial: the worker leaves once its trial is closed
+        self._stop_all(grace_s=self.shutdown_grace_s)
+
+    def _stop_all(self, grace_s: float) -> None:
+        start = time.monotonic()
+        deadline = start + grace_s
+        for worker in self.workers:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %d did not stop within %.0f s: killing it", worker.pid, grace_s)
+                worker.proc.kill()
+                worker.proc.wait()
+            worker.close_pipes()
+        log.info("%d worker(s) stopped in %.1f s", len(self.workers), time.monotonic() - start)
+        self.workers.clear()
+        atexit.unregister(self.close)

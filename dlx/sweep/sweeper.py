@@ -1,0 +1,385 @@
+"""Driving a sweep: ask the Optuna study for a batch of trials, launch them through Hydra's launcher,
+tell the study how each ended, and keep the MLflow parent run and the summary up to date.
+
+A trial that raises, hits a non-finite loss or dies is told FAIL and the sweep goes on; a pruned trial
+is told PRUNED. Ctrl-C or SIGTERM stops the sweep: the trials it cut short are marked interrupted and
+are run again by `dlx sweep --resume`, which skips every trial that finished (ok, failed or pruned).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from dlx.sweep.progress import SweepProgress, TrialRecord
+from dlx.sweep.settings import default_storage, plan_total, resolve_method
+from dlx.sweep.space import parse_space, quote
+from dlx.sweep.study import DONE, METRICS_KEPT, outcome_of, summarize
+from dlx.sweep.tracking import TRIAL_TAG, ParentRun
+
+# The outcome of the last sweep in this process, for the CLI's exit code (Hydra drops the sweeper's
+# return value): code, counts, study, parent_run_id, sweep_dir, best.
+RESULT: dict[str, Any] = {}
+# overrides that locate a sweep rather than define it: not part of the definition `--resume` compares
+LOCATORS = ("hydra.sweeper.study_name", "hydra.sweeper.resume", "hydra.sweep.dir", "hydra.mode")
+
+
+def run_sweep(sweeper, arguments: list[str]) -> dict:
+    from dlx.config import ConfigError
+
+    RESULT.clear()
+    try:
+        sweep = Sweep(sweeper, arguments)
+        RESULT.update(sweep.run())
+    except ConfigError as exc:
+        print(f"dlx: error: {exc}", file=sys.stderr)
+        RESULT.update(code=2)
+    return RESULT
+
+
+class Sweep:
+    def __init__(self, sweeper, arguments: list[str]):
+        self.s, self.cfg, self.launcher = sweeper.settings, sweeper.config, sweeper.launcher
+        params = [f"{k}={v}" for k, v in (self.s.params or {}).items()]
+        self.space = parse_space(params + arguments, sweeper.hydra_context.config_loader)
+        self.axes = [a.key for a in self.space.axes]
+        self.method = resolve_method(self.s.method, self.space)
+        self.objective, self.direction = self.s.objective, self.s.resolved_direction
+        self.total = plan_total(self.method, self.space, self.s.n_trials)
+        self.storage = self.s.storage or default_storage()
+        self.sweep_dir = Path(str(self.cfg.hydra.sweep.dir))
+        jobs = OmegaConf.select(self.cfg, "hydra.launcher.n_jobs", default=None)
+        jobs = (os.cpu_count() or 1) if jobs == -1 else jobs
+        self.batch_size = self.s.batch_size or (jobs if isinstance(jobs, int) and jobs > 0 else 1)
+        self.definition = [o for o in [*self.cfg.hydra.overrides.task, *self.cfg.hydra.overrides.hydra]
+                           if o.split("=", 1)[0].lstrip("+~") not in LOCATORS]
+        self.study = self.parent = None
+        self.todo: list[dict] | int = 0
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------- start
+    def open(self) -> None:
+        from dlx.sweep.pruners import create_pruner, pruner_spec
+        from dlx.sweep.study import create_study, load_study, make_sampler
+
+        epochs = OmegaConf.select(self.cfg, "trainer.epochs", default=None)
+        spec = pruner_spec(self.s.pruner, n_startup_trials=self.s.n_startup_trials,
+                           warmup_epochs=self.s.warmup_epochs, max_epochs=epochs)
+        pruner = create_pruner(**spec)
+        if self.s.resume:
+            self.study = load_study(self.storage, self.s.study_name, sampler=None, pruner=pruner)
+            seed = self.s.seed + len(self.study.trials)  # a resumed sampler must not replay the first draws
+            self.study.sampler = make_sampler(self.method, seed=seed, n_startup_trials=self.s.n_startup_trials,
+                                              batch_size=self.batch_size)
+            self.sweep_dir = Path(self.study.user_attrs.get("dlx.sweep_dir", self.sweep_dir))
+        else:
+            sampler = make_sampler(self.method, seed=self.s.seed, n_startup_trials=self.s.n_startup_trials,
+                                   batch_size=self.batch_size)
+            prefix = OmegaConf.select(self.cfg, "study.name", default=None) or "sweep"
+            self.study = create_study(self.storage, self.s.study_name, prefix, direction=self.direction,
+                                      sampler=sampler, pruner=pruner)
+            attrs = {"dlx.overrides": self.definition, "dlx.command": " ".join(self._command()),
+                     "dlx.method": self.method, "dlx.objective": self.objective, "dlx.total": self.total,
+                     "dlx.sweep_dir": str(self.sweep_dir.resolve()), "dlx.started": dt.datetime.now().isoformat(),
+                     "dlx.pruner": spec}
+            for k, v in attrs.items():
+                self.study.set_user_attr(k, v)
+        self.study.set_user_attr("dlx.state", "running")
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.cfg, self.sweep_dir / "multirun.yaml")
+        self.parent = ParentRun.open(self.cfg.tracking, run_id=self.study.user_attrs.get("dlx.parent_run_id"),
+                                     name=self.study.study_name, tags=self._parent_tags(),
+                                     params=self._parent_params())
+        if self.parent is not None:
+            self.study.set_user_attr("dlx.parent_run_id", self.parent.run_id)
+        self._settle_stale()
+        self.todo = self._remaining()
+
+    def _command(self) -> list[str]:
+        from dlx import run
+
+        return run.COMMAND_LINE or ["dlx", "sweep", *self.definition]
+
+    def _parent_tags(self) -> dict[str, Any]:
+        from dlx.run import git_info
+
+        tags = {"dlx.command": " ".join(self._command()), "dlx.sweep.study": self.study.study_name,
+                "dlx.sweep.storage": self.storage, "dlx.sweep.dir": str(self.sweep_dir.resolve()),
+                "mlflow.source.name": "dlx sweep", "mlflow.source.type": "LOCAL", **git_info()}
+        study = OmegaConf.select(self.cfg, "study", default=None)
+        if study is not None and study.name:
+            tags.update({"dlx.study": study.name, "dlx.study.statement": study.statement,
+                         "dlx.study.factor": study.factor, "dlx.study.metrics": ",".join(study.metrics),
+                         "dlx.study.levels": ",".join(map(str, study.levels)), "dlx.study.expected": study.expected})
+        return tags
+
+    def _parent_params(self) -> dict[str, Any]:
+        params = {"sweep.method": self.method, "sweep.n_trials": self.total, "sweep.objective": self.objective,
+                  "sweep.direction": self.direction, "sweep.pruner": self.s.pruner, "sweep.seed": self.s.seed,
+                  "sweep.batch_size": self.batch_size, "sweep.fixed": " ".join(self.space.fixed)}
+        params.update({f"sweep.param.{a.key.lstrip('+~')}": a.spec for a in self.space.axes})
+        return params
+
+    def _settle_stale(self) -> None:
+        """Trials a crashed or stopped session left open: told FAIL as interrupted (run again), and
+        their MLflow runs, if still RUNNING, closed as FAILED with the reason."""
+        from optuna.trial import TrialState
+
+        runs = self.parent.children() if self.parent else {}
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self.study._storage.set_trial_user_attr(t._trial_id, "dlx.outcome", "interrupted")
+            self.study._storage.set_trial_user_attr(t._trial_id, "dlx.reason", "the sweep ended before the trial")
+            self.study.tell(t.number, state=TrialState.FAIL)
+        for run in runs.values():
+            if run.info.status == "RUNNING":
+                self.parent.close_dangling(run, "its process ended without closing the run (sweep stopped)")
+
+    def _remaining(self) -> list[dict] | int:
+        trials = self.study.get_trials(deepcopy=False)
+        done = [t for t in trials if outcome_of(t) in DONE]
+        if self.method != "grid":
+            return max(0, self.total - len(done))
+        finished = {self._grid_key(t.params) for t in done}
+        plan = [c for _, c in zip(range(self.total), self.space.grid())]
+        return [c for c in plan if self._grid_key(c) not in finished]
+
+    def _grid_key(self, params: dict) -> tuple:
+        return tuple(str(params.get(k)) for k in self.axes)
+
+    # ------------------------------------------------------------------------------------------- loop
+    def run(self) -> dict:
+        previous = _sigterm_as_interrupt()
+        try:
+            self.open()
+            left = len(self.todo) if isinstance(self.todo, list) else self.todo
+            progress = SweepProgress(total=self.total, done=self.total - left, objective=self.objective,
+                                     direction=self.direction)
+            self._announce(left)
+            progress.start(best=self._best_value())
+            interrupted, asked = None, []
+            try:
+                while (asked := self._ask()):
+                    interrupted = self._launch(asked, progress)
+                    if interrupted:
+                        break
+            except KeyboardInterrupt as exc:
+                interrupted = 143 if type(exc).__name__ == "Terminated" else 130
+                with _signals_ignored():  # a second Ctrl-C must not cut the bookkeeping short
+                    self._abandon(asked)
+            finally:
+                progress.close()
+            with _signals_ignored():
+                return self.finish(interrupted)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _abandon(self, trials: list) -> None:
+        """Trials launched but never told (the sweep stopped under them): interrupted, run again on resume."""
+        from optuna.trial import TrialState
+
+        for t in trials:
+            if self.study._storage.get_trial(t._trial_id).state == TrialState.RUNNING:
+                self._tell(t, TrialRecord(t.number, "interrupted", reason="the sweep was stopped"), None)
+
+    def _ask(self) -> list:
+        if isinstance(self.todo, int):
+            k = min(self.batch_size, self.todo)
+            self.todo -= k
+            trials = [self.study.ask(self.space.distributions()) for _ in range(k)]
+        else:
+            trials = []
+            for combo in self.todo[:self.batch_size]:
+                self.study.enqueue_trial(combo)
+                trials.append(self.study.ask(self.space.distributions()))
+            asked = {self._grid_key(t.params) for t in trials}
+            self.todo = [c for c in self.todo if self._grid_key(c) not in asked]
+        for t in trials:
+            t.set_user_attr("dlx.overrides", self.space.trial_overrides(t.params))
+        return trials
+
+    def _launch(self, trials: list, progress: SweepProgress) -> int | None:
+        jobs = [[*self.space.trial_overrides(t.params), *self._internal(t.number)] for t in trials]
+        start = time.monotonic()
+        returns = list(self.launcher.launch(jobs, initial_job_idx=trials[0].number))
+        elapsed = (time.monotonic() - start) / max(1, len(trials))
+        runs = self.parent.children() if self.parent else {}
+        interrupted = None
+        for i, t in enumerate(trials):
+            ret = returns[i] if i < len(returns) else None
+            record = self._settle(t, ret, runs.get(t.number), elapsed)
+            progress.trial(record)
+            if record.outcome == "interrupted":
+                interrupted = 143 if "SIGTERM" in record.reason else 130
+        return interrupted
+
+    def _internal(self, number: int) -> list[str]:
+        """What the sweeper adds to every trial: nesting under the parent run, the trial tag, and the
+        study to report per-epoch objectives to when a pruner is on."""
+        out = [f"++tracking.tags.{TRIAL_TAG}={number}", f"++tracking.tags.sweep={quote(self.study.study_name)}"]
+        if self.parent is not None:
+            out.append(f"tracking.parent_run_id={self.parent.run_id}")
+        if self.s.pruner != "none":
+            out += [f"trial.study={quote(self.study.study_name)}", f"trial.storage={quote(self.storage)}",
+                    f"trial.number={number}", f"trial.objective={self.objective}",
+                    f"trial.direction={self.direction}", "trial.prune=true"]
+        return out
+
+    def _settle(self, trial, ret, run, elapsed: float) -> TrialRecord:
+        from hydra.core.utils import JobStatus
+
+        params = {k.lstrip("+~"): str(v) for k, v in trial.params.items()}
+        record = TrialRecord(trial.number, "failed", params=params, seconds=elapsed,
+                             run_id=run.info.run_id if run is not None else None)
+        if run is not None and run.info.end_time:
+            record.seconds = (run.info.end_time - run.info.start_time) / 1000
+        metrics = None
+        if ret is None:
+            record.reason = "the launcher returned no result for this trial"
+        elif ret.status == JobStatus.COMPLETED:
+            metrics = ret._return_value if isinstance(ret._return_value, dict) else {}
+            value = metrics.get(self.objective)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                record.outcome, record.value = "ok", float(value)
+            else:
+                record.reason = f"no finite {self.objective} among the trial's final metrics"
+        else:
+            record.outcome, record.reason = classify(ret._return_value)
+        if ret is not None and ret.hydra_cfg is not None:
+            out = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None)
+            record.log = str(Path(out) / f"{ret.hydra_cfg.hydra.job.name}.log") if out else ""
+        if record.outcome == "pruned":
+            steps = self.study._storage.get_trial(trial._trial_id).intermediate_values
+            record.value = float(steps[max(steps)]) if steps else None
+        self._tell(trial, record, metrics)
+        if run is not None and run.info.status == "RUNNING" and record.outcome != "ok":
+            reason = record.reason or "its process ended without closing the run"
+            self.parent.close_dangling(run, reason, "KILLED" if record.outcome == "interrupted" else "FAILED")
+        return record
+
+    def _tell(self, trial, record: TrialRecord, metrics: dict | None) -> None:
+        from optuna.trial import TrialState
+
+        attrs = {"dlx.outcome": record.outcome, "dlx.reason": record.reason[:2000], "dlx.seconds": record.seconds,
+                 "dlx.run_id": record.run_id, "dlx.log": record.log, "dlx.sweeper_rss_mb": _rss_mb()}
+        if metrics:
+            attrs["dlx.metrics"] = {k: float(v) for k, v in metrics.items()
+                                    if k in METRICS_KEPT and isinstance(v, (int, float))}
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        state = {"ok": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(record.outcome, TrialState.FAIL)
+        self.study.tell(trial, record.value if state == TrialState.COMPLETE else None, state=state)
+
+    # ------------------------------------------------------------------------------------------- end
+    def finish(self, interrupted: int | None) -> dict:
+        trials = self.study.get_trials(deepcopy=False)
+        runs = self.parent.children() if self.parent else {}
+        for run in runs.values():  # a trial cut short whose process could not close its run
+            if run.info.status == "RUNNING":
+                self.parent.close_dangling(run, "the sweep stopped before the trial ended",
+                                           "KILLED" if interrupted else "FAILED")
+        rows, columns, counts, best = summarize(trials, axes=self.axes, objective=self.objective,
+                                                direction=self.direction, runs=runs)
+        left = max(0, self.total - sum(counts.values()))
+        status = "KILLED" if interrupted else "FAILED" if counts["failed"] else "FINISHED"
+        self.study.set_user_attr("dlx.state", "interrupted" if interrupted or left else "finished")
+        from dlx.sweep.tracking import write_summary
+
+        if self.parent is not None:
+            self.parent.finish(rows=rows, columns=columns, counts={**counts, "trials": len(rows)}, best=best,
+                               objective=self.objective, status=status, sweep_dir=self.sweep_dir)
+        else:
+            write_summary(rows, columns, self.sweep_dir)
+        code = interrupted or (1 if counts["failed"] else 0)
+        self._report(counts, left, best, interrupted)
+        return {"code": code, "counts": counts, "left": left, "study": self.study.study_name,
+                "parent_run_id": self.parent.run_id if self.parent else None, "sweep_dir": str(self.sweep_dir),
+                "best": best}
+
+    def _best_value(self) -> float | None:
+        values = [t.value for t in self.study.get_trials(deepcopy=False) if outcome_of(t) == "ok"]
+        if not values:
+            return None
+        return max(values) if self.direction == "maximize" else min(values)
+
+    def _announce(self, left: int) -> None:
+        at_once = f", {self.batch_size} at once" if self.batch_size > 1 else ""
+        pruner = f", pruner {self.s.pruner}" if self.s.pruner != "none" else ""
+        resumed = f" (resumed: {self.total - left} done)" if self.s.resume else ""
+        parent = f"; parent run {self.parent.run_id}" if self.parent else ""
+        print(f"sweep {self.study.study_name}: {self.method}, {left} of {self.total} trials to run{at_once}{resumed}, "
+              f"objective {self.objective} ({self.direction}){pruner}{parent}", flush=True)
+
+    def _report(self, counts: dict, left: int, best: dict | None, interrupted: int | None) -> None:
+        took = time.monotonic() - self.started
+        lines = [f"sweep {self.study.study_name}: {counts['ok']} ok, {counts['failed']} failed, "
+                 f"{counts['pruned']} pruned" + (f", {left} left" if left else "") + f" ({took:.1f}s)"]
+        if best is not None:
+            where = " ".join(f"{k}={v}" for k, v in best["params"].items())
+            lines.append(f"best {self.objective}={best['value']:.4f}: trial {best['trial']} {where}"
+                         + (f" run {best['run_id']}" if best.get("run_id") else ""))
+        if self.parent is not None:
+            lines.append(f"parent run {self.parent.run_id} (dlx report {self.parent.run_id})")
+        lines.append(f"summary: {self.sweep_dir / 'summary.md'}")
+        if interrupted or left:
+            lines.append(f"continue with: dlx sweep --resume {self.study.study_name}")
+        print("\n".join(lines), flush=True)
+
+
+def classify(exc: Any) -> tuple[str, str]:
+    """(outcome, reason) of a failed job's exception, or of its text when it came from another process."""
+    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+    text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    name = type(exc).__name__
+    if name == "Pruned" or str(exc).startswith("Pruned"):
+        return "pruned", str(exc).removeprefix("Pruned: ")
+    if isinstance(exc, KeyboardInterrupt) or getattr(exc, "exit_code", None) in (130, 143) \
+            or "run KILLED" in text or text.startswith(("KeyboardInterrupt", "Terminated")):
+        return "interrupted", text
+    return "failed", text
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM stops the sweep like Ctrl-C (dlx.run does the same inside each trial)."""
+    from dlx.run import Terminated
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
+@contextmanager
+def _signals_ignored():
+    """Ctrl-C and SIGTERM wait while the sweep records how it ended (a few database writes)."""
+    try:
+        saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _rss_mb() -> float | None:
+    """Resident memory of the sweeping process (in-process trials must not make it grow)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None

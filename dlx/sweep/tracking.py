@@ -1,0 +1,148 @@
+"""A sweep in MLflow: one parent run holding the definition and the summary, its trials nested under it.
+
+The store and experiment are created before the first trial starts, so trials starting at once in
+several processes never race to create them. Each trial's run carries the tag `trial=<number>` (the
+Optuna trial number), which is how the sweeper finds it again, in any process and after a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+TRIAL_TAG = "trial"
+
+
+def store_of(tracking: DictConfig | dict) -> tuple[str, str | None]:
+    from dlx.tracking import resolve_uri
+
+    return resolve_uri(tracking["uri"], tracking["artifact_location"])
+
+
+def trial_client(cfg: DictConfig):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=store_of(cfg.tracking)[0])
+
+
+def find_trial_run(client, cfg: DictConfig):
+    """The MLflow run of the trial `cfg` configures (None if it never started one)."""
+    parent = cfg.tracking.get("parent_run_id")
+    number = cfg.tracking.tags.get(TRIAL_TAG)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None or number is None:
+        return None
+    where = f"tags.`{TRIAL_TAG}` = '{number}'" + (f" and tags.`mlflow.parentRunId` = '{parent}'" if parent else "")
+    runs = client.search_runs([exp.experiment_id], where, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+class ParentRun:
+    """The sweep's parent run: created (or reopened on resume) before any trial starts."""
+
+    def __init__(self, client, experiment_id: str, run_id: str):
+        self.client, self.experiment_id, self.run_id = client, experiment_id, run_id
+
+    @classmethod
+    def open(cls, tracking: DictConfig, *, run_id: str | None, name: str, tags: dict[str, str],
+             params: dict[str, Any]) -> ParentRun | None:
+        if not tracking.enabled:
+            return None
+        from mlflow.entities import Param
+
+        from dlx.tracking import open_store
+
+        uri, artifacts = store_of(tracking)
+        client, experiment_id = open_store(uri, tracking.experiment, artifacts)
+        if run_id:  # resume: the same parent, running again
+            client.update_run(run_id, status="RUNNING")
+            resumes = int(client.get_run(run_id).data.tags.get("dlx.sweep.resumed", "0")) + 1
+            client.set_tag(run_id, "dlx.sweep.resumed", str(resumes))
+            return cls(client, experiment_id, run_id)
+        run = client.create_run(experiment_id, run_name=name, tags={k: str(v)[:5000] for k, v in tags.items()})
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            client.log_batch(run.info.run_id, params=items[start:start + 100])
+        return cls(client, experiment_id, run.info.run_id)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def children(self) -> dict[int, Any]:
+        """Trial number -> its run (the latest, should a number appear twice)."""
+        out: dict[int, Any] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}'",
+                                           order_by=["attributes.start_time ASC"], max_results=1000,
+                                           page_token=token)
+            for run in page:
+                number = run.data.tags.get(TRIAL_TAG)
+                if number is not None and number.isdigit():
+                    out[int(number)] = run
+            token = page.token
+            if not token:
+                return out
+
+    def close_dangling(self, run, reason: str, status: str = "FAILED") -> None:
+        """A trial whose process ended without closing its run: close it with the reason."""
+        outcome = "killed" if status == "KILLED" else "failed"
+        self.client.set_tag(run.info.run_id, "dlx.error", reason[:5000])
+        self.client.set_tag(run.info.run_id, "dlx.outcome", outcome)
+        self.client.set_terminated(run.info.run_id, status=status)
+
+    def finish(self, *, rows: list[dict], columns: list[str], counts: dict[str, int], best: dict | None,
+               objective: str, status: str, sweep_dir: Path) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"sweep/{k}", float(v), now, 0) for k, v in counts.items()]
+        if best is not None:
+            metrics.append(Metric(f"best/{objective}", float(best["value"]), now, 0))
+            for key in ("test/acc", "test/loss"):
+                if isinstance(best.get(key), float) and math.isfinite(best[key]):
+                    metrics.append(Metric(f"best/{key}", best[key], now, 0))
+            self.set_tags({"dlx.best.trial": best["trial"], "dlx.best.run_id": best.get("run_id") or "",
+                           "dlx.best.overrides": " ".join(best["overrides"]),
+                           **{f"dlx.best.{k}": v for k, v in best["params"].items()}})
+        self.client.log_batch(self.run_id, metrics=metrics)
+        for path in write_summary(rows, columns, sweep_dir):
+            self.client.log_artifact(self.run_id, str(path), "sweep")
+        multirun = sweep_dir / "multirun.yaml"
+        if multirun.is_file():
+            self.client.log_artifact(self.run_id, str(multirun), "sweep")
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def write_summary(rows: list[dict], columns: list[str], sweep_dir: Path) -> list[Path]:
+    """summary.csv and summary.md in the sweep dir: one row per trial."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row.get(c)) for c in columns})
+    csv_path = sweep_dir / "summary.csv"
+    csv_path.write_text(buf.getvalue())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)).replace("|", "\\|") for c in columns) + " |")
+    md_path = sweep_dir / "summary.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return [csv_path, md_path]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else str(value)
+    return str(value)

@@ -1,0 +1,1 @@
+"""dlx's Hydra launcher: hydra/launcher=dlx_local (see dlx_launcher.py)."""

@@ -1,0 +1,348 @@
+"""The sweep launchers: hydra/launcher=dlx_local in this process (n_jobs=1) and on a worker pool
+(n_jobs>1); submitit's local executor and a local Ray where their plugins are installed.
+
+Launcher-level checks call the Launcher directly from a small Hydra app (this file, run as a script:
+`python tests/test_launcher.py SPEC.json`), the way Hydra's sweepers do, with dlx's real conf/, the
+real trial task and a real MLflow store in a temporary directory, so each JobReturn can be inspected.
+The app prints one line per trial: RESULT {"idx": ..., "status": ..., "value": ..., "error": ...}.
+The SIGTERM, submitit and Ray checks run the real `dlx sweep`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __name__ != "__main__":
+    import pytest
+    from conftest import all_runs, client_for, dlx_env, run_dlx
+
+TRIAL = ["trainer=quick", "trainer.progress=none", "model.width=32", "dataset.val_fraction=0.2"]
+PID_LINE = re.compile(r"trial (\d+) running in pid (\d+)")
+
+
+# ---------------------------------------------------------------------------------------------- the app
+def launch_app(spec: dict) -> int:
+    """Compose dlx's config for a multirun with spec["hydra"] overrides, instantiate the configured
+    launcher and launch spec["trials"] (lists of overrides), spec["batch_size"] trials per launch call."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.plugins import Plugins
+    from hydra.core.utils import JobStatus, setup_globals
+    from hydra.types import HydraContext, RunMode
+
+    from dlx.compose import config_dir
+    from dlx.config import register_configs
+    from dlx.sweep.task import run_trial
+    from dlx.tracking import open_store, resolve_uri
+
+    register_configs()
+    setup_globals()
+    # as the sweeper's parent run does: the store's schema exists before parallel trials open it (two
+    # processes creating the tables of a new SQLite file race, and one of them fails)
+    uri, artifacts = resolve_uri(None)
+    open_store(uri, "dlx", artifacts)
+    hydra = Hydra.create_main_hydra2(task_name="train", config_search_path=create_config_search_path(str(config_dir())))
+    cfg = hydra.compose_config("config", overrides=spec["hydra"], run_mode=RunMode.MULTIRUN, with_log_configuration=True)
+    HydraConfig.instance().set_config(cfg)
+    context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(cfg))
+    launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=run_trial, config=cfg)
+    trials, size = spec["trials"], spec.get("batch_size") or len(spec["trials"])
+    for start in range(0, len(trials), size):
+        for offset, ret in enumerate(launcher.launch(trials[start:start + size], initial_job_idx=start)):
+            ok = ret.status == JobStatus.COMPLETED
+            error = None if ok else ret._return_value
+            line = {"idx": start + offset, "status": ret.status.name, "overrides": list(ret.overrides),
+                    "value": ret._return_value if ok else None, "rss_mb": _rss_mb(), "torch": _torch_state(),
+                    "error": None if ok else f"{type(error).__module__}.{type(error).__name__}: {error}"}
+            print("RESULT " + json.dumps(line, default=str), flush=True)
+    if hasattr(launcher, "close"):
+        launcher.close()
+    return 0
+
+
+def _torch_state() -> dict | None:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    return {"id": id(torch), "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+if __name__ == "__main__":
+    sys.exit(launch_app(json.loads(Path(sys.argv[1]).read_text())))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def start_app(workdir: Path, hydra: list[str], trials: list[list[str]], **spec) -> subprocess.Popen:
+    path = workdir / "spec.json"
+    path.write_text(json.dumps({"hydra": ["hydra.sweep.dir=outputs/sweep", *hydra], "trials": trials, **spec}))
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(path)], cwd=workdir,
+                            env=dlx_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, lines: list[str] | None = None, timeout: float = 180) -> tuple[list[dict], str]:
+    out, _ = proc.communicate(timeout=timeout)
+    text = "".join(lines or []) + out
+    results = [json.loads(line[len("RESULT "):]) for line in text.splitlines() if line.startswith("RESULT ")]
+    return results, text
+
+
+def run_app(workdir: Path, hydra: list[str], trials: list[list[str]], **spec) -> tuple[list[dict], str]:
+    proc = start_app(workdir, hydra, trials, **spec)
+    results, text = finish(proc)
+    assert proc.returncode == 0, text[-4000:]
+    return results, text
+
+
+def trial_pids(text: str) -> dict[int, int]:
+    return {int(m[1]): int(m[2]) for m in PID_LINE.finditer(text)}
+
+
+def runs_by_trial(workdir: Path) -> dict[int, object]:
+    """MLflow runs keyed by trial number (the last part of their run directory)."""
+    client = client_for(workdir)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {int(Path(r.data.tags["dlx.run_dir"]).name): r for r in runs if "dlx.run_dir" in r.data.tags}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the app exited ({proc.returncode}) while waiting for {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def read_until(proc: subprocess.Popen, lines: list[str], pattern: re.Pattern, timeout: float = 120) -> re.Match:
+    """Read the app's output line by line (kept in `lines`) until `pattern` matches."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("the app ended before printing " + pattern.pattern + "\n" + "".join(lines)[-4000:])
+        lines.append(line)
+        match = pattern.search(line)
+        if match:
+            return match
+    raise AssertionError(f"no {pattern.pattern} within {timeout} s")
+
+
+def running_run(workdir: Path, trial: int):
+    """The trial's MLflow run once it exists and trains (status RUNNING), else None."""
+    if not (workdir / "outputs" / "mlflow.db").exists():
+        return None
+    run = runs_by_trial(workdir).get(trial)
+    return run if run is not None and run.info.status == "RUNNING" else None
+
+
+# ---------------------------------------------------------------------------------------------- in-process
+def test_sequential_trials_share_one_process_and_a_failure_does_not_stop_the_sweep(workdir):
+    trials = [[*TRIAL, "seed=0", "trainer.deterministic=true"],
+              [*TRIAL, "trainer.resume=missing.pt"],  # raises RunError before any MLflow run exists
+              [*TRIAL, "seed=1"]]
+    results, text = run_app(workdir, ["hydra/launcher=dlx_local"], trials, batch_size=1)
+
+    assert [r["status"] for r in results] == ["COMPLETED", "FAILED", "COMPLETED"], text[-3000:]
+    assert "no such checkpoint file" in results[1]["error"]
+    assert 0 <= results[0]["value"]["test/acc"] <= 1
+    # in-process: every trial in the app's own process, on the torch module imported once
+    pids = trial_pids(text)
+    assert sorted(pids) == [0, 1, 2] and len(set(pids.values())) == 1, pids
+    assert len({r["torch"]["id"] for r in results}) == 1
+    # the deterministic switch of trial 0 does not leak into the trials after it
+    assert [r["torch"]["deterministic"] for r in results] == [False, False, False]
+    # each trial logs to its own file; the failure's traceback is in the failed trial's log only
+    logs = {i: (workdir / "outputs" / "sweep" / str(i) / "train.log").read_text() for i in range(3)}
+    assert "Traceback" in logs[1] and "no such checkpoint file" in logs[1]
+    assert "Traceback" not in logs[0] + logs[2]
+    runs = runs_by_trial(workdir)
+    assert sorted(runs) == [0, 2] and {r.info.status for r in runs.values()} == {"FINISHED"}
+
+
+# ---------------------------------------------------------------------------------------------- the pool
+def test_pool_runs_trials_on_two_worker_processes_in_order(workdir):
+    trials = [[*TRIAL, "seed=0"], [*TRIAL, "trainer.resume=missing.pt"], [*TRIAL, "seed=1"], [*TRIAL, "seed=2"]]
+    results, text = run_app(workdir, ["hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"], trials)
+
+    assert [r["overrides"] for r in results] == trials  # JobReturns in the order of the overrides
+    assert [r["status"] for r in results] == ["COMPLETED", "FAILED", "COMPLETED", "COMPLETED"], text[-3000:]
+    assert "RunError: trainer.resume=missing.pt: no such checkpoint file" in results[1]["error"]
+    pids = trial_pids(text)
+    assert sorted(pids) == [0, 1, 2, 3]
+    assert len(set(pids.values())) == 2, pids
+    assert results[0]["torch"] is None  # the parent never imports torch: the workers do, once each
+    assert {r.info.status for r in runs_by_trial(workdir).values()} == {"FINISHED"}
+    assert all(not alive(pid) for pid in pids.values())  # the pool closed with the app
+
+
+def test_a_killed_worker_fails_only_its_trial(workdir):
+    trials = [[*TRIAL, "seed=0"], [*TRIAL, "trainer.epochs=2000", "seed=1"], [*TRIAL, "seed=2"], [*TRIAL, "seed=3"]]
+    proc = start_app(workdir, ["hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"], trials)
+    lines: list[str] = []
+    try:
+        victim = int(read_until(proc, lines, re.compile(r"trial 1 running in pid (\d+)"))[1])
+        wait_for(lambda: running_run(workdir, 1), 60, "trial 1's MLflow run")
+        os.kill(victim, signal.SIGKILL)
+        results, text = finish(proc, lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, text[-4000:]
+
+    assert [r["status"] for r in results] == ["COMPLETED", "FAILED", "COMPLETED", "COMPLETED"], text[-3000:]
+    reason = f"worker process {victim} died with signal SIGKILL"
+    assert reason in results[1]["error"] and "while running trial 1" in results[1]["error"]
+    assert "WorkerDied" in results[1]["error"]
+    pids = trial_pids(text)
+    assert pids[1] == victim and victim not in (pids[2], pids[3])  # a replacement ran what was left
+    runs = runs_by_trial(workdir)
+    assert runs[1].info.status == "FAILED" and reason in runs[1].data.tags["dlx.error"]
+    assert {runs[i].info.status for i in (0, 2, 3)} == {"FINISHED"}
+
+
+def test_sigterm_of_dlx_sweep_stops_its_workers_and_every_run_ends_killed(workdir):
+    """The real `dlx sweep` on two workers: trials share the sweep's dir; SIGTERM of the sweep stops the
+    workers (each closes its trial's run KILLED), and the sweeper marks the parent run KILLED."""
+    proc = subprocess.Popen([sys.executable, "-m", "dlx", "sweep", "seed=0,1", *TRIAL, "trainer.epochs=2000",
+                             "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"],
+                            cwd=workdir, env=dlx_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        read_until(proc, lines, re.compile(r"trial [01] running in pid"))
+        read_until(proc, lines, re.compile(r"trial [01] running in pid"))
+        wait_for(lambda: running_run(workdir, 0) and running_run(workdir, 1), 60, "both trials' runs", proc)
+        proc.send_signal(signal.SIGTERM)
+        _, text = finish(proc, lines, timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, text[-4000:]
+    pids = trial_pids(text)
+    assert sorted(pids) == [0, 1] and len(set(pids.values())) == 2 and proc.pid not in pids.values()
+    assert all(not alive(pid) for pid in pids.values())
+    runs = all_runs(workdir)
+    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.status for r in parents] == ["KILLED"]
+    assert len(trials) == 2 and {r.info.status for r in trials} == {"KILLED"}, [r.data.tags for r in trials]
+    # both workers resolved the sweep dir's ${now:...} to the same directory
+    assert len({Path(r.data.tags["dlx.run_dir"]).parent for r in trials}) == 1
+
+
+# ---------------------------------------------------------------------------------------------- units
+def test_exceptions_cross_the_process_boundary_recognisably():
+    import pickle
+
+    from dlx.run import Pruned, RunError
+    from dlx.sweep.pool import WorkerDied, death_reason, portable_exception
+
+    pruned = pickle.loads(pickle.dumps(portable_exception(Pruned("epoch 2: val/acc=0.1000"))))
+    assert isinstance(pruned, Pruned) and str(pruned) == "epoch 2: val/acc=0.1000"
+    error = pickle.loads(pickle.dumps(portable_exception(RunError("run FAILED: loss is nan", 1))))
+    assert str(error).endswith("run FAILED: loss is nan") and ("RunError" in str(error) or isinstance(error, RunError))
+    died = pickle.loads(pickle.dumps(WorkerDied(death_reason(-9, 4242, 3))))
+    assert str(died) == ("worker process 4242 died with signal SIGKILL (kill -9 or the out-of-memory killer) "
+                         "while running trial 3")
+    assert death_reason(1, 7, None) == "worker process 7 exited with code 1 before running a trial"
+
+
+def test_launcher_configs_compose():
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    from dlx.compose import config_dir
+    from dlx.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", ["hydra/launcher=dlx_local"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith("DlxLocalLauncher") and cfg.hydra.launcher.n_jobs == 1
+        with pytest.raises(ConfigCompositionException, match="n_jobs"):  # typed: a wrong type fails at compose time
+            compose("config", ["hydra/launcher=dlx_local", "hydra.launcher.n_jobs=two"], return_hydra_config=True)
+
+
+# ---------------------------------------------------------------------------------------------- submitit
+def _submitit_missing() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        return "hydra-submitit-launcher is not installed (pip install 'dlx[slurm]')"
+    return None
+
+
+@pytest.mark.skipif(_submitit_missing() is not None, reason=str(_submitit_missing()))
+def test_slurm_launcher_configs_compose():
+    from hydra import compose, initialize_config_dir
+
+    from dlx.compose import config_dir
+    from dlx.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+        assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.timeout_min == 60
+        local = compose("config", ["hydra/launcher=slurm_local"], return_hydra_config=True)
+        assert local.hydra.launcher._target_.endswith("submitit_launcher.LocalLauncher")
+
+
+@pytest.mark.skipif(_submitit_missing() is not None, reason=str(_submitit_missing()))
+def test_sweep_through_submitits_local_executor(workdir):
+    proc = run_dlx(["sweep", "seed=0,1", *TRIAL, "hydra/launcher=slurm_local"], workdir, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 ok, 0 failed" in proc.stdout, proc.stdout[-3000:]
+    assert "UserWarning" not in proc.stderr  # no option of ours shadows the plugin's own
+    runs = all_runs(workdir)
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parent) == 1 and len(trials) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent[0].info.run_id}
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    # each trial ran as a submitit job: its pickled result and logs are in the sweep's .submitit folder
+    assert list((workdir / "outputs" / "sweeps").rglob(".submitit/*/*_result.pkl"))
+
+
+# ---------------------------------------------------------------------------------------------- ray
+def _ray_missing() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
+        return "hydra-ray-launcher is not installed (pip install 'dlx[ray]')"
+    return None
+
+
+@pytest.mark.skipif(_ray_missing() is not None, reason=str(_ray_missing()))
+def test_sweep_on_a_local_ray(workdir):
+    proc = run_dlx(["sweep", "seed=0,1", *TRIAL, "hydra/launcher=ray_cluster", "hydra.launcher.ray.init.num_cpus=2",
+                    "hydra.sweeper.batch_size=2"], workdir, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 ok, 0 failed" in proc.stdout, proc.stdout[-3000:]
+    trials = [r for r in all_runs(workdir) if "mlflow.parentRunId" in r.data.tags]
+    assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
