@@ -15,7 +15,10 @@ class PruningCallback(Callback):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.objective, self.prune = objective, prune
+        from dlx.sweep.pruners import study_pruner
+
         loaded = optuna.load_study(study_name=study, storage=storage)
+        loaded.pruner = study_pruner(loaded)  # Optuna does not store a study's pruner; the sweep records it
         trial_id = loaded._storage.get_trial_id_from_study_id_trial_number(loaded._study_id, number)
         self.trial = optuna.trial.Trial(loaded, trial_id)
 

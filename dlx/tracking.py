@@ -116,7 +116,10 @@ def _writer_main(uri: str, run_id: str, inbox, outbox, parent_pid: int) -> None:
     writer exits: it notices that its parent is gone.
     """
     import queue as queue_mod
+    import signal
 
+    # Ctrl-C reaches the whole process group: the trainer handles it and then drains this writer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow import MlflowClient
