@@ -1,16 +1,17 @@
 """MLflow run lifecycle: the store, flattened params, tags, buffered metrics and artifacts.
 
-Metric points are buffered in memory and written by a writer process with `log_batch`: a write to
-SQLite costs a few milliseconds of Python, as long as a whole epoch of a small model, so the training
-loop only appends to a list. The buffer is handed over at least once per epoch and drained on every
-exit path (`end` waits for the writer), so a point the trainer logged is never dropped; points already
-handed over are written even if the training process is killed.
+Metric points are buffered in memory and written by one background thread with `log_batch`: a write
+to SQLite costs a few milliseconds, as long as a whole epoch of a small model, so the training thread
+only appends to a list. The buffer is handed over at least once per epoch and drained on every exit
+path (`close` joins the writer), so a point the trainer logged is never dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,105 +95,40 @@ def open_store(uri: str, experiment: str, artifact_location: str | None = None):
     return client, exp.experiment_id
 
 
-def _write_batch(client, run_id: str, metrics: list) -> str | None:
-    """log_batch in chunks, retrying a busy store (SQLite lock, server restart); the error if it gave up."""
-    for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-        chunk = metrics[start:start + MAX_METRICS_PER_BATCH]
-        for attempt in range(6):
-            try:
-                client.log_batch(run_id, metrics=chunk)
-                break
-            except Exception as exc:  # noqa: BLE001 - any failure is retried, then reported
-                if attempt == 5:
-                    return f"could not write {len(chunk)} metric points: {exc}"
-                time.sleep(0.2 * 2**attempt)
-    return None
+class _Writer(threading.Thread):
+    """Writes queued metric batches in order; `flush` waits until everything queued is written."""
 
+    def __init__(self, client, run_id: str):
+        super().__init__(name="dlx-mlflow-writer", daemon=True)
+        self.client, self.run_id = client, run_id
+        self.queue: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
 
-def _writer_main(uri: str, run_id: str, inbox, outbox, parent_pid: int) -> None:
-    """The writer process: owns its own MlflowClient and writes batches in the order they came.
-
-    If the training process dies (SIGKILL), what it had already handed over is still written, then the
-    writer exits: it notices that its parent is gone.
-    """
-    import queue as queue_mod
-    import signal
-
-    # Ctrl-C reaches the whole process group: the trainer handles it and then drains this writer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    client = MlflowClient(tracking_uri=uri)
-    error = None
-    while True:
-        try:
-            item = inbox.get(timeout=1.0)
-        except queue_mod.Empty:
-            if os.getppid() != parent_pid:
-                break
-            continue
-        if item is None:
-            break
-        kind, payload = item
-        if kind == "sync":
-            outbox.put(("synced", payload, error))
-            continue
-        error = _write_batch(client, run_id, [Metric(*m) for m in payload]) or error
-    outbox.put(("closed", None, error))
-
-
-class _Writer:
-    """Hands metric batches to a writer process.
-
-    A thread would be simpler, but a log_batch to SQLite is ~5 ms of Python, and a writer thread takes
-    that time from the training thread through the GIL: on a digits MLP (25 ms epochs) the epoch time
-    rose by a third with one flush per epoch. In its own process the write costs the loop only the
-    pickling of the points.
-    """
-
-    def __init__(self, uri: str, run_id: str):
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")  # fork would copy torch's threads and locks
-        self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
-        # a daemon, so that an exit that skipped `end` cannot hang waiting for it (every normal path
-        # drains it first); sweep workers are plain subprocesses, which may start daemons
-        self.process = ctx.Process(target=_writer_main, name="dlx-mlflow-writer", daemon=True,
-                                   args=(uri, run_id, self.inbox, self.outbox, os.getpid()))
-        self.process.start()
-        self.error: str | None = None
-        self._token = 0
-
-    def put(self, metrics: list) -> None:
-        self.inbox.put(("batch", metrics))
-
-    def _wait(self, want: str, token=None) -> None:
-        import queue as queue_mod
-
+    def run(self) -> None:
         while True:
+            item = self.queue.get()
             try:
-                kind, got, error = self.outbox.get(timeout=1.0)
-            except queue_mod.Empty:
-                if not self.process.is_alive():
-                    self.error = self.error or f"the metric writer process died (exit code {self.process.exitcode})"
+                if item is None:
                     return
-                continue
-            self.error = error or self.error
-            if kind == want and (token is None or got == token):
-                return
+                if isinstance(item, threading.Event):
+                    item.set()
+                    continue
+                self._write(item)
+            finally:
+                self.queue.task_done()
 
-    def sync(self) -> None:
-        self._token += 1
-        self.inbox.put(("sync", self._token))
-        self._wait("synced", self._token)
-
-    def close(self) -> None:
-        self.inbox.put(None)
-        self._wait("closed")
-        self.process.join(timeout=30)
+    def _write(self, metrics: list) -> None:
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            chunk = metrics[start:start + MAX_METRICS_PER_BATCH]
+            for attempt in range(5):  # a busy store (SQLite lock, server restart) gets a few retries
+                try:
+                    self.client.log_batch(self.run_id, metrics=chunk)
+                    break
+                except Exception as exc:  # noqa: BLE001 - any failure is retried, then reported
+                    if attempt == 4:
+                        self.error = exc
+                        log.error("could not write %d metric points to MLflow: %s", len(chunk), exc)
+                    time.sleep(0.2 * 2**attempt)
 
 
 class Tracker:
@@ -221,7 +157,8 @@ class Tracker:
 
     def _attach(self, run_id: str) -> None:
         self.run_id = run_id
-        self._writer = _Writer(self.uri, run_id)
+        self._writer = _Writer(self.client, run_id)
+        self._writer.start()
 
     @property
     def artifact_uri(self) -> str:
@@ -244,18 +181,22 @@ class Tracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffer the points; they reach the store at the next `flush`."""
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        self._buffer.extend((k, float(v), now, step) for k, v in metrics.items())
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
 
     def flush(self, wait: bool = False) -> None:
         """Hand the buffer to the writer; with wait=True return once it is in the store."""
         if self._writer is None:
             return
         if self._buffer:
-            self._writer.put(self._buffer)
+            self._writer.queue.put(self._buffer)
             self._buffer = []
         if wait:
-            self._writer.sync()
+            done = threading.Event()
+            self._writer.queue.put(done)
+            done.wait()
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -265,7 +206,8 @@ class Tracker:
         if self._writer is None:
             return
         self.flush()
-        self._writer.close()
+        self._writer.queue.put(None)
+        self._writer.join()
         if error:
             self.set_tags({"dlx.error": error})
         if self._writer.error is not None:
