@@ -285,6 +285,7 @@ class WorkerPool:
     def _start(self) -> _Worker:
         worker = _Worker(self)
         self.workers.append(worker)
+        log.info("worker %d starting, torch threads: %d", worker.pid, self.threads)
         return worker
 
     def run(self, jobs: list[tuple[int, list[str]]]) -> list[JobReturn]:
@@ -350,7 +351,9 @@ class WorkerPool:
         self.closed = True
         for worker in self.workers:
             try:
-                if worker.job is None:
+                if not worker.ready:  # still importing torch (a replacement, say): nothing to wait for
+                    worker.proc.kill()
+                elif worker.job is None:
                     worker.send_conn.send(None)
                 else:
                     worker.proc.send_signal(signal.SIGTERM)
