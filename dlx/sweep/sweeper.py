@@ -130,7 +130,7 @@ class Sweep:
         return params
 
     def _settle_stale(self) -> None:
-        """Trials a crashed or stopped session left open: told FAIL as interrupted (run again), and
+        """Trials a crashed or stopped sweep left open: told FAIL as interrupted (run again), and
         their MLflow runs, if still RUNNING, closed as FAILED with the reason."""
         from optuna.trial import TrialState
 
