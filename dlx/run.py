@@ -43,6 +43,11 @@ class RunError(RuntimeError):
         super().__init__(message)
         self.exit_code = exit_code
 
+    def __reduce__(self):
+        # pickle rebuilds an exception from self.args, which lacks exit_code: a sweep worker could not
+        # send a RunError back with its exit code
+        return type(self), (str(self), self.exit_code)
+
 
 @contextmanager
 def sigterm_as_interrupt():
@@ -78,6 +83,7 @@ def runtime_tags(device) -> dict[str, str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     return {
         "dlx.version": dlx.__version__,
+        "dlx.pid": str(os.getpid()),  # which process trained the run: a sweep worker to inspect or kill
         "dlx.torch_version": torch.__version__,
         "dlx.python_version": platform.python_version(),
         "dlx.device": str(device),
