@@ -9,7 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 from dlx.config import ConfigError, register_configs
 from dlx.validate import validate
 
-GROUPS = ("dataset", "model", "optimizer", "scheduler", "regularization", "augmentation", "trainer", "tracking")
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "regularization", "augmentation", "trainer", "tracking",
+          "diagnostics")
 
 
 def config_dir() -> Path:

@@ -315,6 +315,33 @@ class TrackingConfig:
     parent_run_id: str | None = None
 
 
+# ---------------------------------------------------------------- diagnostics
+@dataclass
+class LayerStatsConfig:
+    enabled: bool = False
+    every_n_epochs: int = 1  # and once at initialisation (epoch 0)
+    samples: int = 256  # a fixed, seeded batch of training samples
+
+
+@dataclass
+class SharpnessConfig:
+    enabled: bool = False
+    samples: int = 1024  # a fixed, seeded subset of the training split
+    hessian_iters: int = 20  # power iterations, each about two backward passes over the samples
+    hessian_tol: float = 1e-3  # stop when the eigenvalue estimate changes by less than this, relatively
+    eps: float = 1e-3  # the box radius of epsilon-sharpness: eps * (|w| + 1) per weight
+    eps_steps: int = 10  # projected gradient-ascent steps of epsilon-sharpness
+
+
+@dataclass
+class DiagnosticsConfig:
+    gap: bool = True  # gap/acc and gap/loss: the training split re-evaluated on the final weights
+    target: float | None = None  # epochs_to_target: the first epoch where target_metric reaches this value
+    target_metric: str = "val/acc"
+    layers: LayerStatsConfig = field(default_factory=LayerStatsConfig)
+    sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
+
+
 @dataclass
 class TrialConfig:
     """Set by the sweeper on each trial of a Bayesian search, so the trial can report its per-epoch
@@ -353,6 +380,7 @@ class Config:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     seed: int = 0

@@ -95,7 +95,8 @@ def print_summary(*, metrics: dict, run_id: str | None, artifact_uri: str | None
     table = Table(title=f"dlx train: {status}", show_header=False, title_justify="left")
     table.add_column("key", style="bold")
     table.add_column("value")
-    for k in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "epochs", "best_epoch"):
+    for k in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "epochs", "best_epoch",
+              "gap/acc", "gap/loss", "epochs_to_target", "sharpness/hessian_top_eig", "sharpness/eps"):
         if k in metrics:
             v = metrics[k]
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))

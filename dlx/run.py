@@ -210,6 +210,13 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
         progress = create_progress(t["progress"])
         if progress is not None:
             callbacks.append(progress)
+        diagnostics = None
+        if "diagnostics" in cfg:
+            from dlx.diagnostics.callback import DiagnosticsCallback
+
+            if DiagnosticsCallback.wanted(cfg["diagnostics"]):
+                diagnostics = DiagnosticsCallback(cfg["diagnostics"], tracker, run_dir, seed=int(t["seed"]))
+                callbacks.append(diagnostics)
         if cfg.get("trial", {}).get("study") and cfg["trial"].get("prune"):
             from dlx.pruning import PruningCallback
 
@@ -223,7 +230,7 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
         state = trainer.fit(state)
         if hasattr(progress, "close"):
             progress.close()
-        final = _finish(trainer, state, tracker, run_dir)
+        final = _finish(trainer, state, tracker, run_dir, diagnostics)
         status = "FINISHED"
         _print_summary(final, tracker, status)
         return final
@@ -293,7 +300,7 @@ def _checkpoint_dir(tracker, run_dir: Path) -> Path:
     return (local / "checkpoints") if local is not None else (run_dir / "checkpoints")
 
 
-def _finish(trainer, state, tracker, run_dir: Path) -> dict:
+def _finish(trainer, state, tracker, run_dir: Path, diagnostics=None) -> dict:
     from dlx.plots import plot_learning_curves
 
     final = dict(state.history[-1]) if state.history else {}
@@ -304,6 +311,11 @@ def _finish(trainer, state, tracker, run_dir: Path) -> dict:
     if trainer.early_stopping is not None and trainer.early_stopping.best is not None:
         summary["best_epoch"] = trainer.early_stopping.best_epoch
         final["best_epoch"] = trainer.early_stopping.best_epoch
+    if diagnostics is not None:  # on the weights the test split saw
+        summary.update(diagnostics.finish(trainer, test))
+        final.update({k: v for k, v in summary.items() if k.startswith(("gap/", "sharpness/"))})
+        if diagnostics.reached is not None:
+            final["epochs_to_target"] = diagnostics.reached
     tracker.log_metrics(summary, step=state.epoch)
     if restored:
         tracker.set_tags({"dlx.test_on": f"best weights of epoch {trainer.early_stopping.best_epoch}"})

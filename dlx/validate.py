@@ -3,6 +3,7 @@ after composition and before any data is loaded. All problems are reported at on
 
 from __future__ import annotations
 
+import math
 import re
 from enum import Enum
 from typing import Any
@@ -72,10 +73,19 @@ _RULES: dict[str, tuple[Any, str]] = {
     "trainer.checkpoint.every_n_epochs": (lambda v: v >= 1, ">= 1"),
     "trainer.device": (lambda v: bool(_DEVICE_RE.match(v)), "auto, cpu, mps, cuda or cuda:N"),
     "trainer.progress": (lambda v: v in _PROGRESS, ", ".join(_PROGRESS)),
+    "diagnostics.target": (lambda v: v is None or math.isfinite(v), "null or a finite number"),
+    "diagnostics.layers.every_n_epochs": (lambda v: v >= 1, ">= 1"),
+    "diagnostics.layers.samples": (lambda v: v >= 2, ">= 2"),
+    "diagnostics.sharpness.samples": (lambda v: v >= 1, ">= 1"),
+    "diagnostics.sharpness.hessian_iters": (lambda v: v >= 1, ">= 1"),
+    "diagnostics.sharpness.hessian_tol": (lambda v: v >= 0, ">= 0"),
+    "diagnostics.sharpness.eps": (lambda v: v >= 0, ">= 0"),
+    "diagnostics.sharpness.eps_steps": (lambda v: v >= 0, ">= 0"),
 }
 
 METRIC_NAMES = ("val/loss", "val/acc", "train/loss", "train/acc")
-_METRIC_KEYS = ("scheduler.monitor", "regularization.early_stopping.monitor", "trainer.checkpoint.monitor")
+_METRIC_KEYS = ("scheduler.monitor", "regularization.early_stopping.monitor", "trainer.checkpoint.monitor",
+                "diagnostics.target_metric")
 
 
 def validate(cfg: DictConfig) -> None:
