@@ -313,7 +313,7 @@ def _finish(trainer, state, tracker, run_dir: Path, diagnostics=None) -> dict:
         final["best_epoch"] = trainer.early_stopping.best_epoch
     if diagnostics is not None:  # on the weights the test split saw
         summary.update(diagnostics.finish(trainer, test))
-        final.update({k: v for k, v in summary.items() if k.startswith(("gap/", "sharpness/"))})
+        final.update({k: v for k, v in summary.items() if k.startswith(("gap/", "final/", "sharpness/"))})
         if diagnostics.reached is not None:
             final["epochs_to_target"] = diagnostics.reached
     tracker.log_metrics(summary, step=state.epoch)

@@ -80,7 +80,7 @@ def plot_interpolation(alphas: Sequence[float], curves: dict[str, dict[str, tupl
         ax.legend()
     axes[0].set_yscale("log")
     if title:
-        fig.suptitle(title, y=1.02)
+        fig.suptitle(title)
     out = _save(fig, path)
     plt.close(fig)
     return out

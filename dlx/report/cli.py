@@ -100,6 +100,7 @@ def choose_by(ns, target) -> list[str]:
 
 def build_report(client, target, by: list[str], metrics: list[tuple[str, str]]):
     """The rows, curves and study notes of a report (no files yet)."""
+    import dlx.report.findings  # noqa: F401 - registers the ready-made studies' effect checks
     from dlx.report.collect import available_metrics, histories
     from dlx.report.stats import get_finding, mean_curve
     from dlx.report.table import Report, build_rows, mark_best
@@ -138,8 +139,9 @@ def build_report(client, target, by: list[str], metrics: list[tuple[str, str]]):
     return Report(title, description, by, names, directions, rows, notes, curves)
 
 
-def write_files(report, out: Path) -> list[Path]:
+def write_files(report, out: Path, client=None, study: str | None = None) -> list[Path]:
     from dlx.report import plots, render
+    from dlx.report.findings import get_study_plots
 
     out.mkdir(parents=True, exist_ok=True)
     images = []
@@ -149,6 +151,11 @@ def write_files(report, out: Path) -> list[Path]:
     if any(s.mean is not None for r in report.rows for s in r.metrics.values()):
         factor = report.by[0] if len(report.by) == 1 else ""
         images.append(plots.plot_final(report.rows, factor, report.metrics, out / "final_metrics.png"))
+    extra = get_study_plots(study)
+    if extra is not None and client is not None:
+        pngs, notes = extra(client, report, out)
+        images += pngs
+        report.notes += notes
     report.images = [p.name for p in images]
     files = []
     for name, text in (("report.csv", render.to_csv(report)), ("report.md", render.to_markdown(report)),
@@ -171,7 +178,7 @@ def _report(ns) -> int:
     target = load_target(client, ns.target, uri)
     report = build_report(client, target, choose_by(ns, target), choose_metrics(ns, target))
     out = Path(ns.out) if ns.out else Path("outputs") / "reports" / target.slug
-    files = write_files(report, out)
+    files = write_files(report, out, client, target.study.get("name"))
     logged = None
     if target.parent is not None and not ns.no_log:
         for f in files:
