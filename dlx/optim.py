@@ -84,23 +84,27 @@ def _supports_foreach(cls: type[torch.optim.Optimizer]) -> bool:
     return "foreach" in inspect.signature(cls).parameters
 
 
-def _param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """Split trainable parameters into a decay group and a no-decay group, each tagged with `decay`.
+def _param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> tuple[list[dict], list]:
+    """Split trainable parameters into a decay group and a no-decay group, each tagged with `decay`; returns the
+    groups and the parameters that decay.
 
     Matrices and conv kernels (ndim >= 2) decay; biases and norm scales/shifts (ndim < 2) don't, because shrinking
     them towards zero does not limit capacity and only fights the normalisation (the split timm and nanoGPT use).
+    Without weight decay the two groups would differ in nothing, so there is one: one fused update per step
+    instead of two (on CPU that was 6% of a digits MLP's step); the split still tells explicit L1/L2 penalties
+    what to cover (`decayed_params`).
     """
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if decay_norm_and_bias or p.ndim >= 2 else no_decay).append(p)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if decay_norm_and_bias or p.ndim >= 2]
+    no_decay = [p for p in params if not (decay_norm_and_bias or p.ndim >= 2)]
+    if weight_decay == 0.0 and decay and no_decay:
+        return [{"params": params, "weight_decay": 0.0, "decay": "mixed"}], decay
     groups = [
         {"params": decay, "weight_decay": weight_decay, "decay": True},
         {"params": no_decay, "weight_decay": 0.0, "decay": False},
     ]
     # torch rejects an empty param group, and a model may have only one kind of parameter.
-    return [g for g in groups if g["params"]]
+    return [g for g in groups if g["params"]], decay
 
 
 def create_optimizer(
@@ -130,7 +134,7 @@ def create_optimizer(
         # rejects ("both floats or both Tensors"); torch documents and checkpoints betas as a tuple of floats.
         options["betas"] = tuple(float(b) for b in options["betas"])
 
-    groups = _param_groups(model, float(weight_decay), decay_norm_and_bias)
+    groups, decay = _param_groups(model, float(weight_decay), decay_norm_and_bias)
     if not groups:
         raise ValueError(f"model {type(model).__name__} has no trainable parameters to optimize")
     devices = {p.device for g in groups for p in g["params"]}
@@ -140,7 +144,9 @@ def create_optimizer(
         # sgd+momentum 86->67 | 134->99, adam 274->215 | 395->302, adamw 351->260 | 398->322,
         # rmsprop 231->162 | 412->318, adadelta 1837->1715 | 690->539, adagrad within noise (204->220, 203->182).
         options["foreach"] = True
-    return info.cls(groups, lr=float(lr), **options)
+    optimizer = info.cls(groups, lr=float(lr), **options)
+    optimizer.dlx_decayed = decay
+    return optimizer
 
 
 def decayed_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -149,4 +155,6 @@ def decayed_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     A group without the tag (an optimizer not built by `create_optimizer`) counts as decayed, matching torch, where
     weight_decay applies to every group.
     """
+    if hasattr(optimizer, "dlx_decayed"):  # built here: the split is known even when the groups are merged
+        return list(optimizer.dlx_decayed)
     return [p for g in optimizer.param_groups if g.get("decay", True) for p in g["params"]]

@@ -1,3 +1,4 @@
+import copy
 import inspect
 
 import pytest
@@ -175,3 +176,25 @@ def test_foreach_only_when_params_share_a_device():
     model.b = nn.Parameter(torch.zeros(2, 2, device="meta"))
     opt = create_optimizer("adamw", model, lr=1e-3)
     assert opt.defaults["foreach"] is None
+
+
+def test_without_weight_decay_one_group_steps_exactly_as_two():
+    """No decay anywhere: one param group (one fused update), the same step as the split groups, and the
+    split still known to L1/L2 penalties."""
+    torch.manual_seed(0)
+    model = make_mlp()
+    twin = copy.deepcopy(model)
+    opt = create_optimizer("adam", model, lr=1e-2)
+    decay, _ = split_names(model)
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 0.0
+    assert {id(p) for p in decayed_params(opt)} == {id(p) for n, p in model.named_parameters() if n in decay}
+    ref = torch.optim.Adam([{"params": [p for p in twin.parameters() if p.ndim >= 2]},
+                            {"params": [p for p in twin.parameters() if p.ndim < 2]}], lr=1e-2)
+    x = torch.randn(16, 8)
+    for _ in range(3):
+        for m, o in ((model, opt), (twin, ref)):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -119,13 +119,13 @@ def dropout_finding(rows, metric, direction) -> str:
             return f"finding: {m} was not logged by enough configurations (diagnostics.gap on?)"
         first, last = pts[0], pts[-1]
         sig, test = compare(first[1].values, last[1].values)
-        curve = ", ".join(f"p={format_number(lvl)}: {format_number(s.mean)}" for lvl, s in pts)
-        parts.append(f"{m} {show(first[1])} at p={format_number(first[0])} vs {show(last[1])} at "
-                     f"p={format_number(last[0])} ({test}; {curve})")
+        curve = ", ".join(f"{lvl:g}: {format_number(s.mean)}" for lvl, s in pts)
+        parts.append(f"{m} {show(first[1])} at dropout {first[0]:g} vs {show(last[1])} at dropout {last[0]:g} "
+                     f"({test}; mean by dropout {curve})")
         if m == "gap/loss":
             ok = falls and sig and last[1].mean < first[1].mean
     return ("finding: " + "; ".join(parts) + "; "
-            + verdict(ok, "every p > 0 has a smaller gap/loss than p=0, significantly so at the largest p"))
+            + verdict(ok, "every dropout > 0 has a smaller gap/loss than dropout 0, significantly so at the largest"))
 
 
 # ---------------------------------------------------------------------------------------------- norm
@@ -376,7 +376,10 @@ def batch_size_plots(client, report, out: Path) -> tuple[list[Path], list[str]]:
     i0, i1 = ALPHAS.index(0.0), ALPHAS.index(1.0)
     step = 0.5  # how far past each solution the line is read
     j0, j1 = ALPHAS.index(-step), ALPHAS.index(1.0 + step)
-    note = (f"train loss along the line (interpolation.png): {format_number(train[i0])} at the batch-{sb} solution "
-            f"and {format_number(train[j0])} at alpha={-step} beyond it; {format_number(train[i1])} at the batch-{lb} "
-            f"solution and {format_number(train[j1])} at alpha={1 + step} beyond it")
+    def g(x: float) -> str:  # losses near a minimum span decades: three significant digits
+        return f"{x:.3g}"
+
+    note = (f"train loss along the line (interpolation.png): {g(train[i0])} at the batch-{sb} solution and "
+            f"{g(train[j0])} at alpha={-step} beyond it; {g(train[i1])} at the batch-{lb} solution and "
+            f"{g(train[j1])} at alpha={1 + step} beyond it")
     return [png], [note]
