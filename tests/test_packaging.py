@@ -4,6 +4,7 @@ composes from it outside the source tree; `dlx --help` answers without importing
 
 from __future__ import annotations
 
+import os
 import re
 import site
 import subprocess
@@ -154,6 +155,19 @@ def test_help_lists_the_commands_without_importing_torch_or_mlflow(entry, tmp_pa
     assert "dlx.cli" in modules, "the -X importtime report was not understood"
     heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert not heavy, f"`dlx --help` imported {heavy[:10]}"
+
+
+def test_help_into_a_closed_pipe_stops_quietly(tmp_path):
+    """`dlx --help | head -1`: the reader leaves early; no traceback, the exit status of a SIGPIPE."""
+    read, write = os.pipe()
+    os.close(read)  # nobody reads: the first write fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dlx", "--help"], cwd=tmp_path, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60, env=clean_env())
+    finally:
+        os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141
 
 
 def test_help_leaves_torch_and_mlflow_unimported_in_process(tmp_path):
