@@ -56,9 +56,11 @@ class CheckpointCallback:
         if not (improved or final or state.epoch % self.every == 0):
             return
         ckpt = make_checkpoint(trainer, state, config=self.config, run_id=self.run_id)
+        paths = []
         if final or state.epoch % self.every == 0:
-            save_checkpoint(ckpt, self.directory / "last.pt")
+            paths.append(self.directory / "last.pt")
             self.last_saved_epoch = state.epoch
         if improved:
             self.best = value
-            save_checkpoint(ckpt, self.directory / "best.pt")
+            paths.append(self.directory / "best.pt")
+        save_checkpoint(ckpt, *paths)  # serialized once for both files

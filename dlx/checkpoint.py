@@ -6,6 +6,7 @@ objects and no numpy arrays, which the weights-only unpickler refuses.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -55,17 +56,27 @@ def make_checkpoint(trainer: Trainer, state: TrainState, *, config: dict, run_id
     }
 
 
-def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write to a temporary file in the same directory, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+def save_checkpoint(checkpoint: dict[str, Any] | bytes, *paths: str | os.PathLike) -> list[Path]:
+    """Serialize once and write to each path: a temporary file in the same directory, then a rename, so a
+    reader never sees half a file. `checkpoint` may already be serialized (`serialize`)."""
+    data = checkpoint if isinstance(checkpoint, bytes) else serialize(checkpoint)
+    written = []
+    for path in map(Path, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(path)
+    return written
+
+
+def serialize(checkpoint: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.getvalue()
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,9 +1,13 @@
 """MLflow run lifecycle: the store, flattened params, tags, buffered metrics and artifacts.
 
-Metric points are buffered in memory and written by one background thread with `log_batch`: a write
-to SQLite costs a few milliseconds, as long as a whole epoch of a small model, so the training thread
-only appends to a list. The buffer is handed over at least once per epoch and drained on every exit
-path (`close` joins the writer), so a point the trainer logged is never dropped.
+Metric points are buffered in memory and handed, at least once per epoch, to a writer that calls
+`log_batch`. One `log_batch` to SQLite is ~10 ms of Python in SQLAlchemy, as long as a whole epoch of a
+small model; in a thread of the training process it would hold the GIL the training loop needs, so on
+Linux the writer is a child process forked when the run starts (it inherits the imported MLflow and
+starts at once). The training process only pickles a list of tuples into a pipe. The writer drains
+everything it was sent on every exit path: at `end`, and also when the training process dies (SIGKILL,
+out of memory), since the pipe's end tells it to write what it holds and stop. So a point the trainer
+logged before its last flush is never dropped. Elsewhere (no fork) the writer is a thread.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -95,14 +101,36 @@ def open_store(uri: str, experiment: str, artifact_location: str | None = None):
     return client, exp.experiment_id
 
 
+def _write(client, run_id: str, metrics: list) -> BaseException | None:
+    """log_batch in MLflow-sized chunks, a few retries each (a busy SQLite file, a restarting server);
+    returns the last error when a chunk could not be written."""
+    from mlflow.entities import Metric
+
+    error = None
+    points = [m if isinstance(m, Metric) else Metric(*m) for m in metrics]
+    for start in range(0, len(points), MAX_METRICS_PER_BATCH):
+        chunk = points[start:start + MAX_METRICS_PER_BATCH]
+        for attempt in range(5):
+            try:
+                client.log_batch(run_id, metrics=chunk)
+                break
+            except Exception as exc:  # noqa: BLE001 - any failure is retried, then reported
+                if attempt == 4:
+                    error = exc
+                    log.error("could not write %d metric points to MLflow: %s", len(chunk), exc)
+                time.sleep(0.2 * 2**attempt)
+    return error
+
+
 class _Writer(threading.Thread):
-    """Writes queued metric batches in order; `flush` waits until everything queued is written."""
+    """Writes queued metric batches in order, in a thread; `sync` waits until everything queued is written."""
 
     def __init__(self, client, run_id: str):
         super().__init__(name="dlx-mlflow-writer", daemon=True)
         self.client, self.run_id = client, run_id
         self.queue: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
+        self.start()
 
     def run(self) -> None:
         while True:
@@ -113,22 +141,194 @@ class _Writer(threading.Thread):
                 if isinstance(item, threading.Event):
                     item.set()
                     continue
-                self._write(item)
+                self.error = _write(self.client, self.run_id, item) or self.error
             finally:
                 self.queue.task_done()
 
-    def _write(self, metrics: list) -> None:
-        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            chunk = metrics[start:start + MAX_METRICS_PER_BATCH]
-            for attempt in range(5):  # a busy store (SQLite lock, server restart) gets a few retries
+    def put(self, metrics: list) -> None:
+        self.queue.put(metrics)
+
+    def sync(self) -> None:
+        done = threading.Event()
+        self.queue.put(done)
+        done.wait()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.join()
+
+
+class _ProcessWriter:
+    """Writes metric batches in a forked child process, in order; `sync` waits until all sent is written.
+
+    The child acknowledges what it has written; until then this process keeps the points. The child exits
+    when told to, or when its pipe closes, after writing everything it received. Should it die, the points
+    it did not acknowledge, and all later ones, go to the store from this process instead: slower, never
+    lost (MLflow ignores a point written twice).
+    """
+
+    def __init__(self, client, uri: str, run_id: str):
+        from multiprocessing.connection import Pipe
+
+        self.client, self.run_id = client, run_id
+        self.error: BaseException | None = None
+        self._unacked: list = []  # sent, not yet confirmed written, oldest first
+        self._acked = 0  # points confirmed so far
+        self._conn, child = Pipe()
+        # Ctrl-C and a sweep's SIGTERM reach the whole process group: the child ignores them (the training
+        # process handles them, then tells the child to finish), and must not receive one before it can
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            # os.fork rather than multiprocessing.Process: multiprocessing joins its children when this
+            # process exits, which would wait forever on a child that stops when this process's pipe closes
+            self.pid = os.fork()
+            if self.pid == 0:  # the child: write, then leave without running anything of the parent's
+                code = 1
                 try:
-                    self.client.log_batch(self.run_id, metrics=chunk)
-                    break
-                except Exception as exc:  # noqa: BLE001 - any failure is retried, then reported
-                    if attempt == 4:
-                        self.error = exc
-                        log.error("could not write %d metric points to MLflow: %s", len(chunk), exc)
-                    time.sleep(0.2 * 2**attempt)
+                    for sig in blocked:
+                        signal.signal(sig, signal.SIG_IGN)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+                    self._conn.close()
+                    _writer_process(child, uri, run_id)
+                    code = 0
+                finally:
+                    os._exit(code)
+        finally:
+            if self.pid:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        child.close()
+        self._alive = True
+
+    def put(self, points: list) -> None:
+        if self._alive:
+            try:
+                self._drain_acks()
+                self._conn.send(("points", points))
+                self._unacked.extend(points)
+                return
+            except (OSError, EOFError, ValueError):
+                self._lost("sending points")
+        self.error = _write(self.client, self.run_id, points) or self.error
+
+    def _drain_acks(self, until_reply: bool = False):
+        """Read the child's messages: ("written", total points written so far) and, with until_reply, up to
+        its ("reply", error) to a sync or close, which is returned."""
+        while until_reply or self._conn.poll():
+            kind, payload = self._conn.recv()
+            if kind == "written":
+                del self._unacked[:payload - self._acked]
+                self._acked = payload
+            elif kind == "reply":
+                return payload
+        return None
+
+    def _request(self, what: str) -> None:
+        if not self._alive:
+            return
+        try:
+            self._conn.send((what, None))
+            error = self._drain_acks(until_reply=True)
+        except (OSError, EOFError, ValueError):
+            self._lost(f"waiting for {what}")
+            return
+        if error:
+            self.error = RuntimeError(error)
+
+    def sync(self) -> None:
+        self._request("sync")
+
+    def close(self) -> None:
+        self._request("close")
+        if self._alive:
+            self._alive = False
+            self._conn.close()
+            if self._reap(timeout=60) is None:
+                os.kill(self.pid, signal.SIGKILL)
+                self._reap(timeout=None)
+
+    def _reap(self, timeout: float | None) -> int | None:
+        """The child's exit status once it has ended (waiting at most `timeout` s), else None."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+            except ChildProcessError:  # already reaped
+                return 0
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+
+    def _lost(self, doing: str) -> None:
+        self._alive = False
+        self._conn.close()
+        code = self._reap(timeout=5)
+        log.warning("the MLflow writer process ended (exit code %s) while %s; metrics are now written by the "
+                    "training process", code, doing)
+        if self._unacked:
+            self.error = _write(self.client, self.run_id, self._unacked) or self.error
+            self._unacked = []
+
+
+def _writer_process(conn, uri: str, run_id: str) -> None:
+    """The writer child: receive ("points", [...]), ("sync", None) and ("close", None) until the pipe ends;
+    answer ("written", total) after each write and ("reply", error or None) to sync and close."""
+    _forget_inherited_connections()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    error, written, pending = None, 0, []
+    while True:
+        try:
+            kind, payload = conn.recv()
+        except (EOFError, OSError):  # the training process is gone: write what it sent, then stop
+            kind, payload = "gone", None
+        if kind == "points":
+            pending.extend(payload)
+            if conn.poll():  # more is already waiting: one log_batch for all of it
+                continue
+        if pending:
+            error = _write(client, run_id, pending) or error
+            written += len(pending)
+            pending = []
+            _answer(conn, "written", written)
+        if kind in ("sync", "close"):
+            _answer(conn, "reply", f"{type(error).__name__}: {error}" if error else None)
+        if kind in ("close", "gone"):
+            return
+
+
+def _answer(conn, kind: str, payload) -> None:
+    try:
+        conn.send((kind, payload))
+    except OSError:  # nobody listens any more
+        pass
+
+
+def _forget_inherited_connections() -> None:
+    """A forked child must not use its parent's pooled database or HTTP connections: drop the pools (without
+    closing the parent's sockets) so that the child opens its own."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        for engine in list(getattr(SqlAlchemyStore, "_engine_map", {}).values()):
+            engine.dispose(close=False)
+    except Exception:  # noqa: BLE001 - nothing to drop
+        pass
+    try:
+        from mlflow.utils import request_utils
+
+        request_utils._cached_get_request_session.cache_clear()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _make_writer(client, uri: str, run_id: str):
+    if sys.platform == "linux" and os.environ.get("DLX_METRIC_WRITER", "process") == "process":
+        return _ProcessWriter(client, uri, run_id)
+    return _Writer(client, run_id)
 
 
 class Tracker:
@@ -141,7 +341,7 @@ class Tracker:
         self.client, self.experiment_id = open_store(self.uri, experiment, self.artifact_location)
         self.run_id: str | None = None
         self._buffer: list = []
-        self._writer: _Writer | None = None
+        self._writer: _Writer | _ProcessWriter | None = None
 
     def start(self, *, run_name: str | None, tags: dict[str, str], parent_run_id: str | None = None) -> str:
         if parent_run_id:
@@ -157,8 +357,7 @@ class Tracker:
 
     def _attach(self, run_id: str) -> None:
         self.run_id = run_id
-        self._writer = _Writer(self.client, run_id)
-        self._writer.start()
+        self._writer = _make_writer(self.client, self.uri, run_id)
 
     @property
     def artifact_uri(self) -> str:
@@ -180,23 +379,19 @@ class Tracker:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Buffer the points; they reach the store at the next `flush`."""
-        from mlflow.entities import Metric
-
+        """Buffer the points as (key, value, timestamp ms, step); they reach the store at the next `flush`."""
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        self._buffer.extend((k, float(v), now, step) for k, v in metrics.items())
 
     def flush(self, wait: bool = False) -> None:
         """Hand the buffer to the writer; with wait=True return once it is in the store."""
         if self._writer is None:
             return
         if self._buffer:
-            self._writer.queue.put(self._buffer)
+            self._writer.put(self._buffer)
             self._buffer = []
         if wait:
-            done = threading.Event()
-            self._writer.queue.put(done)
-            done.wait()
+            self._writer.sync()
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -206,8 +401,7 @@ class Tracker:
         if self._writer is None:
             return
         self.flush()
-        self._writer.queue.put(None)
-        self._writer.join()
+        self._writer.close()
         if error:
             self.set_tags({"dlx.error": error})
         if self._writer.error is not None:

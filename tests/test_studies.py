@@ -115,7 +115,7 @@ def init_rows(xavier_relu_ratio: float, xavier_relu_acc: float):
 
 def test_init_finding_compares_xavier_and_he_with_relu_at_the_deepest_net():
     text = get_finding("init")(init_rows(1e-5, 0.10), "test/acc", "max")
-    assert "relu at depth 30: xavier_normal act_std last/first at init 0.0000" in text
+    assert "relu at depth 30: xavier_normal act_std last/first at init 1.00e-05 ± 0.0000" in text
     assert "he_normal act_std last/first at init 0.9000" in text
     assert "0/3 runs reached" in text and "3/3 runs reached the target in 8.0000" in text
     assert "xavier_normal-relu 0.9700/0.1000, he_normal-relu 0.9400/0.9400" in text

@@ -40,10 +40,15 @@ def summary(row, metric: str) -> Summary:
     return mean_ci(values(row, metric))
 
 
+def num(x: float) -> str:
+    """Four decimals, or three significant digits for values that would print as 0.0000 (a ratio of 2e-5)."""
+    return f"{x:.2e}" if x != 0 and abs(x) < 5e-4 else format_number(x)
+
+
 def show(s: Summary) -> str:
     if s.mean is None:
         return "-"
-    return format_number(s.mean) + (f" ± {format_number(s.half_width)}" if s.half_width is not None else "")
+    return num(s.mean) + (f" ± {num(s.half_width)}" if s.half_width is not None else "")
 
 
 def number(value) -> float | None:

@@ -1,0 +1,109 @@
+"""The metric writer against a real SQLite MLflow store: every point logged arrives, in order and with its
+step, whether the writer is a forked process (the default on Linux) or a thread; a flush with wait makes
+them readable at once; a training process killed with SIGKILL still gets every flushed point written; and
+when the writer process dies, the points go to the store from the training process instead."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dlx.tracking import Tracker, _ProcessWriter
+
+
+def store(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri()
+
+
+def history(client, run_id, key):
+    return sorted((int(m.step), m.value) for m in client.get_metric_history(run_id, key))
+
+
+def reaped(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0) and not os.path.exists(f"/proc/{pid}")
+    except ChildProcessError:
+        return True
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_every_point_arrives_with_its_step(kind, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLX_METRIC_WRITER", kind)
+    uri, artifacts = store(tmp_path)
+    tracker = Tracker(uri=uri, experiment="t", artifact_location=artifacts)
+    run_id = tracker.start(run_name="r", tags={})
+    assert isinstance(tracker._writer, _ProcessWriter) == (kind == "process" and sys.platform == "linux")
+    for step in range(1, 1201):  # more than one log_batch holds (1000 points)
+        tracker.log_metrics({"a": step * 0.5, "b": -step}, step=step)
+        if step % 100 == 0:
+            tracker.flush()
+    tracker.flush(wait=True)
+    client = tracker.client
+    assert len(history(client, run_id, "a")) == 1200  # readable as soon as flush(wait=True) returns
+    tracker.log_metrics({"a": 9.0}, step=2000)
+    writer = tracker._writer
+    tracker.end("FINISHED")
+    assert history(client, run_id, "a") == [(s, s * 0.5) for s in range(1, 1201)] + [(2000, 9.0)]
+    assert history(client, run_id, "b")[-1] == (1200, -1200.0)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    if kind == "process" and sys.platform == "linux":
+        assert reaped(writer.pid)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the writer is a process on Linux only")
+def test_points_flushed_before_a_sigkill_are_written(tmp_path):
+    uri, artifacts = store(tmp_path)
+    script = textwrap.dedent(f"""
+        import os, signal
+        from dlx.tracking import Tracker
+        t = Tracker(uri={uri!r}, experiment="t", artifact_location={artifacts!r})
+        run_id = t.start(run_name="killed", tags={{}})
+        print(run_id, t._writer.pid, flush=True)
+        for step in range(1, 301):
+            t.log_metrics({{"loss": 1.0 / step}}, step=step)
+        t.flush()  # handed over, not waited for
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DLX_METRIC_WRITER": "process"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run_id, writer_pid = proc.stdout.split()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    deadline = time.monotonic() + 60
+    while len(history(client, run_id, "loss")) < 300 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert history(client, run_id, "loss") == [(s, 1.0 / s) for s in range(1, 301)]
+    while os.path.exists(f"/proc/{writer_pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)  # the orphaned writer stops once it has written everything
+    assert not os.path.exists(f"/proc/{writer_pid}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the writer is a process on Linux only")
+def test_writer_survives_group_signals_and_its_death_loses_nothing(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("DLX_METRIC_WRITER", "process")
+    uri, artifacts = store(tmp_path)
+    tracker = Tracker(uri=uri, experiment="t", artifact_location=artifacts)
+    run_id = tracker.start(run_name="r", tags={})
+    pid = tracker._writer.pid
+    for sig in (signal.SIGINT, signal.SIGTERM):  # what Ctrl-C or a sweep's stop sends the whole group
+        os.kill(pid, sig)
+    tracker.log_metrics({"x": 1.0}, step=1)
+    tracker.flush(wait=True)
+    assert history(tracker.client, run_id, "x") == [(1, 1.0)]
+    os.kill(pid, signal.SIGKILL)  # the writer dies: the next points take the slow path, none is lost
+    time.sleep(0.2)
+    for step in (2, 3):
+        tracker.log_metrics({"x": float(step)}, step=step)
+        tracker.flush()
+    tracker.end("FINISHED")
+    assert history(tracker.client, run_id, "x") == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert "writer process ended" in caplog.text
+    assert reaped(pid)
