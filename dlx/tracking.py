@@ -4,7 +4,8 @@ Metric points are buffered in memory and handed, at least once per epoch, to a w
 `log_batch`. One `log_batch` to SQLite is ~10 ms of Python in SQLAlchemy, as long as a whole epoch of a
 small model; in a thread of the training process it would hold the GIL the training loop needs, so on
 Linux the writer is a child process forked when the run starts (it inherits the imported MLflow and
-starts at once). The training process only pickles a list of tuples into a pipe. The writer drains
+starts at once). The training process only pickles a list of tuples into a pipe; the child writes what
+arrives within WRITE_INTERVAL_S in one `log_batch`, and at once when asked to sync or close. It drains
 everything it was sent on every exit path: at `end`, and also when the training process dies (SIGKILL,
 out of memory), since the pipe's end tells it to write what it holds and stop. So a point the trainer
 logged before its last flush is never dropped. Elsewhere (no fork) the writer is a thread.

@@ -348,3 +348,48 @@ def test_sweep_on_a_local_ray(workdir):
     assert "2 ok, 0 failed" in proc.stdout, proc.stdout[-3000:]
     trials = [r for r in all_runs(workdir) if "mlflow.parentRunId" in r.data.tags]
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
+
+
+def workers_in(workdir: Path) -> list[int]:
+    """Pids of live dlx sweep workers whose working directory is workdir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if b"dlx.sweep.worker" in cmdline and Path(cwd) == workdir and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_workers_started_ahead_are_stopped_when_the_sweep_fails_its_checks(workdir):
+    """dlx sweep starts the pool's workers before it checks every trial; a bad trial ends the sweep with
+    exit 2, and the workers started for nothing go with it."""
+    from conftest import run_dlx
+
+    proc = run_dlx(["sweep", "optimizer=sgd,adamm", "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"], workdir)
+    assert proc.returncode == 2 and "adamm" in proc.stderr
+    assert workers_in(workdir) == []
+
+
+def test_the_command_line_pool_size_starts_workers_ahead():
+    from dlx.sweep import pool
+    from dlx.sweep.cli import _start_workers_early
+
+    _start_workers_early(["optimizer=sgd,adam", "hydra.launcher.n_jobs=1"])
+    _start_workers_early(["hydra/launcher=slurm", "hydra.launcher.n_jobs=4"])
+    assert pool._PRESPAWNED == []  # one job runs in-process; another launcher has its own workers
+    try:
+        _start_workers_early(["optimizer=sgd,adam", "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2",
+                              "hydra.launcher.torch_threads=1"])
+        procs = [spawned[0] for _, spawned in pool._PRESPAWNED]
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+        assert pool._take_prespawned(threads=3) is None  # a pool with other threads starts its own
+    finally:
+        pool.discard_prespawned()
+    assert all(p.returncode is not None for p in procs) and pool._PRESPAWNED == []

@@ -73,10 +73,35 @@ def sweep_main(args: list[str]) -> int:
     try:
         if resume:
             overrides = resume_overrides(name, overrides)
+        _start_workers_early(overrides)
         argv = prepare(overrides)
     except ConfigError as exc:
+        from dlx.sweep.pool import discard_prespawned
+
+        discard_prespawned()
         return error(str(exc))
     return run_hydra(argv, shown=args)
+
+
+def _start_workers_early(overrides: list[str]) -> None:
+    """With the worker pool asked for on the command line (hydra.launcher.n_jobs=N, N > 1), start its
+    workers now: they import torch and MLflow (~5 s of CPU each) while this process composes and checks
+    every trial, and the pool takes them when Hydra launches it."""
+    given = {_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
+    if given.get("hydra/launcher", "dlx_local") != "dlx_local" or find_spec("hydra_plugins.dlx_launcher") is None:
+        return
+    try:
+        n = int(given.get("hydra.launcher.n_jobs", "1"))
+        threads = int(given["hydra.launcher.torch_threads"]) if given.get("hydra.launcher.torch_threads",
+                                                                           "null") != "null" else None
+    except ValueError:  # a sweep over n_jobs, or a typo the checks will report
+        return
+    if n < 0:
+        n = len(os.sched_getaffinity(0))
+    if n > 1:
+        from dlx.sweep.pool import prespawn
+
+        prespawn(n, threads)
 
 
 def with_defaults(overrides: list[str]) -> list[str]:

@@ -22,6 +22,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -203,31 +204,79 @@ def death_reason(returncode: int | None, pid: int, idx: int | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the pool
+def _spawn(threads: int) -> tuple[subprocess.Popen, Connection, Connection]:
+    """Start one worker process; it imports torch, MLflow and dlx at once and then waits for its set-up."""
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONUNBUFFERED": "1",
+           # a killed worker leaves its multiprocessing semaphores to its resource tracker, which
+           # frees them and would warn about each "leak" in the sweep's output
+           "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                    "ignore::UserWarning:multiprocessing.resource_tracker"]))}
+    # a session of its own: a Ctrl-C at the terminal reaches only the parent, which then stops each
+    # worker with one SIGTERM (two signals could interrupt a trial's run while it is being closed)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dlx.sweep.worker", str(to_child_r), str(from_child_w)],
+        pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    os.close(to_child_r)
+    os.close(from_child_w)
+    return proc, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
+
+
+def worker_threads(n: int, threads: int | None = None) -> int:
+    """torch threads of each of n workers: as asked, else the usable cores shared out."""
+    return threads or max(1, len(os.sched_getaffinity(0)) // n)
+
+
+# Workers started by `dlx sweep` before it composes and checks every trial, which takes seconds: their
+# imports (~5 s of CPU each) run meanwhile instead of after. The pool takes them; what it does not take
+# is stopped when the process exits.
+_PRESPAWNED: list[tuple[int, tuple[subprocess.Popen, Connection, Connection]]] = []
+
+
+def prespawn(n: int, threads: int | None = None) -> None:
+    t = worker_threads(n, threads)
+    while len(_PRESPAWNED) < n:
+        _PRESPAWNED.append((t, _spawn(t)))
+    atexit.register(discard_prespawned)
+
+
+def discard_prespawned() -> None:
+    """Stop workers started ahead that no pool took (the sweep failed its checks, or wants another count)."""
+    while _PRESPAWNED:
+        _, (proc, send_conn, recv_conn) = _PRESPAWNED.pop()
+        proc.kill()  # it has only been importing: nothing to close, and a bad sweep should fail at once
+        proc.wait()
+        for conn in (send_conn, recv_conn):
+            conn.close()
+
+
+def _take_prespawned(threads: int):
+    for i, (t, spawned) in enumerate(_PRESPAWNED):
+        if t == threads and spawned[0].poll() is None:
+            del _PRESPAWNED[i]
+            return spawned
+    return None
+
+
 class _Worker:
     def __init__(self, pool: WorkerPool):
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        env = {**os.environ, "OMP_NUM_THREADS": str(pool.threads), "MKL_NUM_THREADS": str(pool.threads),
-               "PYTHONUNBUFFERED": "1",
-               # a killed worker leaves its multiprocessing semaphores to its resource tracker, which
-               # frees them and would warn about each "leak" in the sweep's output
-               "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
-                                                        "ignore::UserWarning:multiprocessing.resource_tracker"]))}
-        # a session of its own: a Ctrl-C at the terminal reaches only the parent, which then stops each
-        # worker with one SIGTERM (two signals could interrupt a trial's run while it is being closed)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dlx.sweep.worker", str(to_child_r), str(from_child_w)],
-            pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        os.close(to_child_r)
-        os.close(from_child_w)
+        self.proc, self.send_conn, self.recv_conn = _take_prespawned(pool.threads) or _spawn(pool.threads)
         self.pid = self.proc.pid
-        self.send_conn = Connection(to_child_w, readable=False)
-        self.recv_conn = Connection(from_child_r, writable=False)
-        self.send_conn.send_bytes(pickle.dumps(list(sys.path)))  # first: unpickling may need sys.path
-        self.send_conn.send_bytes(pool.state)
-        self.send_conn.send_bytes(pool.payload)
+        # the worker reads its set-up only after its imports, and the set-up is larger than a pipe holds:
+        # a thread hands it over, so that neither the pool nor the next worker's start waits for it
+        blobs = [pickle.dumps(list(sys.path)), pool.state, pool.payload]  # sys.path first: unpickling needs it
+        threading.Thread(target=self._send_setup, args=(blobs,), name=f"dlx-setup-{self.pid}", daemon=True).start()
         self.ready, self.started = False, time.monotonic()
         self.job: tuple[int, list[str]] | None = None
+
+    def _send_setup(self, blobs: list[bytes]) -> None:
+        try:
+            for blob in blobs:
+                self.send_conn.send_bytes(blob)
+        except OSError:  # the worker died first: the pool sees the end of its pipe
+            pass
 
     def submit(self, job: tuple[int, list[str]]) -> bool:
         """Hand the worker a trial; False when the worker is already gone (its pipe is closed)."""
@@ -262,7 +311,7 @@ class WorkerPool:
         except ImportError:  # pragma: no cover - MLflow depends on cloudpickle
             pickler = pickle
         self.n = n
-        self.threads = threads or max(1, len(os.sched_getaffinity(0)) // n)
+        self.threads = worker_threads(n, threads)
         self.shutdown_grace_s, self.compose = shutdown_grace_s, compose
         # Hydra's singletons (ConfigStore, JobRuntime, ...) travel apart and are installed first: installing
         # them rescans the plugins, which re-executes their modules and so redefines their config

@@ -78,11 +78,15 @@ def main(argv: list[str]) -> int:
     parent = os.getppid()
     inbox = Connection(int(argv[0]), writable=False)
     outbox = Connection(int(argv[1]), readable=False)
-    # read the whole set-up at once, before any slow import: it is larger than a pipe's buffer, so the
-    # parent, which starts the next worker after this one, waits until it is read
-    path, state, payload = (inbox.recv_bytes() for _ in range(3))
-    sys.path[:] = pickle.loads(path)
     threading.Thread(target=_watch_parent, args=(parent,), name="dlx-parent-watch", daemon=True).start()
+    # the slow imports first: a worker may be started before the sweep has its configuration (dlx sweep
+    # starts its workers while it checks every trial); the set-up waits in the pipe meanwhile
+    _warm_up(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    try:
+        path, state, payload = (inbox.recv_bytes() for _ in range(3))
+    except (EOFError, OSError):  # started ahead and not needed after all
+        _leave()
+    sys.path[:] = pickle.loads(path)
 
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
@@ -90,7 +94,9 @@ def main(argv: list[str]) -> int:
     Singleton.set_state(pickle.loads(state))  # see WorkerPool: before the config is loaded
     init = pickle.loads(payload)  # cloudpickle's output loads with plain pickle
     setup_globals()
-    _warm_up(init["threads"])
+    import torch
+
+    torch.set_num_threads(init["threads"])
     outbox.send(("ready", os.getpid()))
     while True:
         try:
