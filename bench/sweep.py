@@ -8,13 +8,17 @@ the same start-up: Python, Hydra, the parent run. The ratio is sequential / para
 2 cores two single-threaded workers should approach 2x. Besides the wall times it prints when the
 first and the last trial started, read from the sweep's log lines.
 
-Evidence (2 cores, load average ~1.5 from other processes, 20 epochs): 32.7-35.2 s against
-22.2-23.3 s, 1.40-1.59x over three runs. The trials themselves ran ~2x faster (28.8 s against 13.2 s
-from first to last); the rest is fixed: ~6 s of the sweep's own start-up in both, and the workers'
-first trial starting 2.3-2.6 s after the in-process one (both workers import torch, MLflow and dlx,
-~6 s of CPU each, on the two cores the sweep is starting on). With more load on the cores the ratio
-rose to 2-4x, for the wrong reason: torch's two intra-op threads in the in-process sweep spin against
-the other processes (--sequential-threads 1 shows it).
+Evidence (2 cores, load average ~1 from the host, 20 epochs, three runs each):
+- workers started after the sweep's checks: 32.7-35.2 s against 22.2-23.3 s, 1.40-1.59x. The fixed
+  part was the sweep's own start-up (composing every trial to check it, the store, the parent run)
+  and the workers' imports (~5 s of CPU each: torch, torch._dynamo, MLflow, matplotlib), which only
+  began once the checks were done.
+- workers started by `dlx sweep` before its checks (their imports overlap them), metrics written by a
+  writer process: 1.73x, 1.53x, 1.68x (e.g. 35.8 s against 20.7 s; the workers' first trials start
+  at 7.9 s against 6.3 s in-process). The spread is the machine's: the same sequential sweep took
+  35-44 s from one run to the next.
+With more load on the cores the ratio rose to 2-4x, for the wrong reason: torch's two intra-op threads
+in the in-process sweep spin against the other processes (--sequential-threads 1 shows it).
 """
 
 from __future__ import annotations

@@ -39,12 +39,12 @@ def record(i: int, params: dict, metrics: dict, ok: bool = True) -> RunRecord:
                      {"dlx.outcome": "ok" if ok else "failed"}, dict(metrics))
 
 
-def rows_of(cells: dict[tuple, list[dict]], by: list[str], metrics: list[str]):
+def rows_of(cells: dict[tuple, list[dict]], by: list[str], metrics: list[str], params: dict | None = None):
     runs, i = [], 0
     for key, per_seed in cells.items():
         for seed, m in enumerate(per_seed):
             i += 1
-            runs.append(record(i, {**dict(zip(by, key)), "seed": seed}, m))
+            runs.append(record(i, {**dict(zip(by, key)), "seed": seed, **(params or {})}, m))
     return build_rows(runs, by, metrics)
 
 
@@ -132,13 +132,15 @@ def batch_rows(eigs: dict[int, list[float]], gap_small: float, gap_large: float)
         gap = gap_small if b == min(eigs) else gap_large
         cells[(b,)] = [{"sharpness/hessian_top_eig": e, "sharpness/eps": e * 2, "gap/acc": gap + 0.001 * i}
                        for i, e in enumerate(es)]
-    return rows_of(cells, ["trainer.batch_size"], ["sharpness/hessian_top_eig"])
+    return rows_of(cells, ["trainer.batch_size"], ["sharpness/hessian_top_eig"],
+                   params={"diagnostics.sharpness.eps": "0.001"})
 
 
 def test_batch_size_finding_orders_sharpness_by_batch():
     text = get_finding("batch_size")(batch_rows({32: [0.05, 0.06, 0.07], 100: [0.3, 0.4, 0.5],
                                                  1000: [5.0, 6.0, 7.0]}, 0.01, 0.03), "x", "min")
     assert "sharpness/hessian_top_eig by batch 32/100/1000: 0.0600 < 0.4000 < 6.0000" in text
+    assert "sharpness/eps (eps=0.001) by batch 32/100/1000: 0.1200 < 0.8000 < 12.0000" in text
     assert "gap/acc by batch 32/100/1000: 0.0110 < 0.0310 < 0.0310" not in text  # not rising between 100 and 1000
     assert "APPEARED" in text
 

@@ -246,6 +246,7 @@ def batch_size_finding(rows, metric, direction) -> str:
         return text
     factor = "trainer.batch_size"
     parts, ok = [], True
+    eps = {r.params.get("diagnostics.sharpness.eps") for row in rows for r in row.ok_runs} - {None}
     for m in ("sharpness/hessian_top_eig", "sharpness/eps", "gap/acc", "gap/loss"):
         pts, _ = trend(rows, factor, m)
         if len(pts) < 2:
@@ -255,7 +256,8 @@ def batch_size_finding(rows, metric, direction) -> str:
         rises = all(b[1].mean > a[1].mean for a, b in zip(pts, pts[1:]))
         sig, test = compare(pts[0][1].values, pts[-1][1].values)
         curve = " < ".join if rises else " / ".join
-        parts.append(f"{m} by batch {'/'.join(str(int(lvl)) for lvl, _ in pts)}: "
+        name = f"{m} (eps={', '.join(sorted(eps))})" if m == "sharpness/eps" and eps else m
+        parts.append(f"{name} by batch {'/'.join(str(int(lvl)) for lvl, _ in pts)}: "
                      f"{curve([format_number(s.mean) for _, s in pts])} ({test} smallest vs largest)")
         if m == "sharpness/hessian_top_eig":
             ok &= rises and sig
