@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from conftest import REPO, client_for, run_dlx
+from conftest import REPO, client_for, run_dlx, store_uri
 from omegaconf import OmegaConf
 
 import dlx.report.findings  # noqa: F401 - registers the studies' checks
@@ -160,13 +160,22 @@ def test_failed_runs_never_enter_a_finding():
 
 
 # ---------------------------------------------------------------------------------------------- for real
-def test_batch_size_study_reports_the_loss_along_the_line_between_solutions(workdir):
-    proc = run_dlx(["study", "batch_size", "trainer.epochs=2", "trainer.batch_size=32,1000", "seed=0,1",
+def report(capsys, *args: str) -> str:
+    """`dlx report ARGS` in this process (the study itself ran as a subprocess): its stdout."""
+    from dlx.report.cli import report_main
+
+    capsys.readouterr()
+    assert report_main(list(args)) == 0
+    return capsys.readouterr().out
+
+
+def test_batch_size_study_reports_the_loss_along_the_line_between_solutions(workdir, capsys):
+    proc = run_dlx(["study", "batch_size", "trainer.epochs=2", "trainer.batch_size=32,1000", "seed=0",
                     "dataset.train_subset=200", "model.width=32", "diagnostics.sharpness.samples=64",
                     "diagnostics.sharpness.hessian_iters=3", "diagnostics.sharpness.eps_steps=2"], workdir, check=True)
     parent = proc.stdout.split("dlx report ")[1].split(")")[0].strip()
-    report = run_dlx(["report", parent, "--format", "json", "--out", "rep"], workdir, check=True)
-    data = json.loads(report.stdout)
+    data = json.loads(report(capsys, parent, "--format", "json", "--uri", store_uri(workdir), "--out",
+                             str(workdir / "rep")))
     assert "interpolation.png" in data["images"]
     client = client_for(workdir)
     assert "report/interpolation.png" in {a.path for a in client.list_artifacts(parent, "report")}
@@ -179,13 +188,13 @@ def test_batch_size_study_reports_the_loss_along_the_line_between_solutions(work
     assert "sharpness/hessian_top_eig by batch 32/1000" in finding and "expected effect" in finding
 
 
-def test_init_study_draws_depth_profiles(workdir):
-    run_dlx(["study", "init", "trainer.epochs=1", "model.depth=3", "model.activation=relu", "seed=0",
-             "model.width=16"], workdir, check=True)
+def test_init_study_draws_depth_profiles(workdir, capsys):
+    run_dlx(["study", "init", "trainer.epochs=1", "model.depth=3", "model.activation=relu", "model.init=he_normal",
+             "seed=0", "model.width=16"], workdir, check=True)
     client = client_for(workdir)
     parent = next(r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
                   if r.data.tags.get("dlx.study") == "init")
-    run_dlx(["report", parent.info.run_id, "--out", "rep"], workdir, check=True)
+    report(capsys, parent.info.run_id, "--uri", store_uri(workdir), "--out", str(workdir / "rep"))
     assert (workdir / "rep" / "depth_profiles.png").stat().st_size > 10_000
     child = next(r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
                  if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)

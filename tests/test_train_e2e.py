@@ -95,11 +95,15 @@ def final_metrics(workdir: Path) -> dict[str, float]:
 
 
 def test_same_seed_is_identical_and_another_seed_differs(tmp_path: Path):
-    results = []
-    for i, seed in enumerate((0, 0, 1)):
+    results, procs = [], []
+    for i, seed in enumerate((0, 0, 1)):  # three runs at once, each in its own directory and store
         wd = tmp_path / f"w{i}"
         wd.mkdir()
-        run_dlx(["train", *DETERMINISTIC, "trainer.epochs=2", f"seed={seed}"], wd, check=True)
+        procs.append((wd, start_dlx(["train", *DETERMINISTIC, "trainer.epochs=2", f"seed={seed}"], wd)))
+    for _, proc in procs:
+        out, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 0, out[-3000:]
+    for wd, _ in procs:
         client = client_for(wd)
         run = only_run(wd)
         results.append({k: history(client, run.info.run_id, k) for k in ("train/loss_step", "val/loss", "test/acc")})
