@@ -5,12 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_learning_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
-    """Loss, accuracy and learning rate per epoch, train and validation side by side."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: no display needed, safe in worker processes."""
     import matplotlib
 
-    matplotlib.use("Agg")  # no display needed; also safe in worker processes
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay the figure out, write it as a 110-dpi PNG (folders made as needed) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
+    """Loss, accuracy and learning rate per epoch, train and validation side by side."""
+    plt = pyplot()
 
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -30,9 +49,4 @@ def plot_learning_curves(history: list[dict], path: str | Path, title: str = "")
     axes[2].grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -5,23 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    fig.clf()
-    return path
+from dlx.plots import pyplot as _pyplot
+from dlx.plots import save_figure
 
 
 def plot_depth_profiles(profiles: dict[str, dict[int, tuple[Sequence[float], Sequence[float]]]],
@@ -51,9 +36,7 @@ def plot_depth_profiles(profiles: dict[str, dict[int, tuple[Sequence[float], Seq
     ax_a.legend(fontsize=7, ncol=1 + len(profiles) // 8)
     if title:
         fig.suptitle(title)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_interpolation(alphas: Sequence[float], curves: dict[str, dict[str, tuple[list[float], list[float]]]],
@@ -81,6 +64,4 @@ def plot_interpolation(alphas: Sequence[float], curves: dict[str, dict[str, tupl
     axes[0].set_yscale("log")
     if title:
         fig.suptitle(title)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dlx.plots import pyplot as _pyplot
+from dlx.plots import save_figure
 from dlx.report.stats import Curve
 from dlx.report.table import Row
 
@@ -26,15 +28,6 @@ def use_log_scale(key: str, values: list[float]) -> bool:
     span = max(values) / min(values)
     lr_like = key.rsplit(".", 1)[-1].lower() in _LR_LIKE
     return span >= 100 or (lr_like and span >= 10)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_curves(curves: dict[str, dict[str, Curve]], metrics: list[str], path: str | Path, title: str = "") -> Path:
@@ -64,7 +57,7 @@ def plot_curves(curves: dict[str, dict[str, Curve]], metrics: list[str], path: s
         if len(curves) <= 12:
             ax.legend(fontsize=8)
     fig.suptitle(title or "mean over seeds; band: min to max over seeds")
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
 def plot_final(rows: list[Row], factor: str, metrics: list[str], path: str | Path, title: str = "") -> Path:
@@ -98,13 +91,4 @@ def plot_final(rows: list[Row], factor: str, metrics: list[str], path: str | Pat
         ax.set_ylabel(f"final {metric}")
         ax.grid(alpha=0.3)
     fig.suptitle(title or "dots: seeds; marker: mean with 95% CI (red: best)")
-    return _save(fig, plt, path)
-
-
-def _save(fig, plt, path) -> Path:
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
