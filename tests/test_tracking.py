@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from dlx.tracking import Tracker, _ProcessWriter
+from dlx.metric_writer import _ProcessWriter
+from dlx.tracking import Tracker
 
 
 def store(tmp_path):
