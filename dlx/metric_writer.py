@@ -116,6 +116,8 @@ class _ProcessWriter:
                         signal.signal(sig, signal.SIG_IGN)
                     signal.pthread_sigmask(signal.SIG_SETMASK, previous)
                     self._conn.close()
+                    _forget_inherited_connections()  # first: their objects close their own files
+                    _close_inherited_fds(keep={child.fileno()})
                     _writer_process(child, uri, run_id)
                     code = 0
                 finally:
@@ -201,7 +203,6 @@ class _ProcessWriter:
 def _writer_process(conn, uri: str, run_id: str) -> None:
     """The writer child: receive ("points", [...]), ("sync", None) and ("close", None) until the pipe ends;
     answer ("written", total) after each write and ("reply", error or None) to sync and close."""
-    _forget_inherited_connections()
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -227,6 +228,30 @@ def _writer_process(conn, uri: str, run_id: str) -> None:
             _answer(conn, "reply", f"{type(error).__name__}: {error}" if error else None)
         if kind in ("close", "gone"):
             return
+
+
+def _close_inherited_fds(keep: set[int]) -> None:
+    """Close what the child inherited and does not use: a sweep worker's pipes to the sweep (whose end
+    tells the sweep that the worker died), its database connections. Kept: stdio, `keep`, and the files
+    of the logging handlers, so that the child can still report a failed write."""
+    keep = set(keep) | {0, 1, 2}
+    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
+        for handler in getattr(logger, "handlers", []):
+            stream = getattr(handler, "stream", None)
+            try:
+                keep.add(stream.fileno())
+            except (AttributeError, OSError, ValueError):
+                pass
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _answer(conn, kind: str, payload) -> None:

@@ -108,3 +108,24 @@ def test_writer_survives_group_signals_and_its_death_loses_nothing(tmp_path, mon
     assert history(tracker.client, run_id, "x") == [(1, 1.0), (2, 2.0), (3, 3.0)]
     assert "writer process ended" in caplog.text
     assert reaped(pid)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_writer_process_holds_none_of_the_parents_other_files(tmp_path, monkeypatch):
+    """A sweep worker's pipe to the sweep must close when the worker dies: its writer child keeps only its
+    own pipe, stdio and the log files."""
+    monkeypatch.setenv("DLX_METRIC_WRITER", "process")
+    read, write = os.pipe()
+    try:
+        uri, artifacts = store(tmp_path)
+        tracker = Tracker(uri=uri, experiment="t", artifact_location=artifacts)
+        tracker.start(run_name="r", tags={})
+        tracker.flush(wait=True)  # the child is past its start-up
+        child_fds = {os.readlink(f"/proc/{tracker._writer.pid}/fd/{fd}")
+                     for fd in os.listdir(f"/proc/{tracker._writer.pid}/fd")}
+        mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in (read, write)}
+        assert not mine & child_fds, child_fds
+        tracker.end("FINISHED")
+    finally:
+        os.close(read)
+        os.close(write)
