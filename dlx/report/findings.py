@@ -58,13 +58,9 @@ def number(value) -> float | None:
         return None
 
 
-def by_key(rows: Sequence, key: str) -> dict:
-    """{value of key: [rows]} over rows whose config has the key (values as logged, strings)."""
-    out: dict = {}
-    for row in rows:
-        if key in row.config:
-            out.setdefault(row.config[key], []).append(row)
-    return out
+def levels_of(rows: Sequence, key: str) -> list[float]:
+    """The numeric values `key` takes across the rows, in increasing order."""
+    return sorted({number(r.config.get(key)) for r in rows} - {None})
 
 
 def pick(rows: Sequence, **config) -> object | None:
@@ -107,7 +103,7 @@ def trend(rows: Sequence, factor: str, metric: str) -> tuple[list[tuple[float, S
     """(level, summary) in increasing level order, and whether the mean falls from the first level to each other."""
     levels = sorted(((number(r.config.get(factor)), r) for r in rows if number(r.config.get(factor)) is not None),
                     key=lambda t: t[0])
-    pts = [(lvl, summary(r, metric)) for lvl, r in levels if summary(r, metric).mean is not None]
+    pts = [(lvl, s) for lvl, s in ((lvl, summary(r, metric)) for lvl, r in levels) if s.mean is not None]
     falls = len(pts) > 1 and all(s.mean < pts[0][1].mean for _, s in pts[1:])
     return pts, falls
 
@@ -134,7 +130,7 @@ def dropout_finding(rows, metric, direction) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- norm
-def reached(row, epochs_key: str = "trainer.epochs") -> tuple[int, int, Summary]:
+def reached(row) -> tuple[int, int, Summary]:
     """(runs that reached the target, runs, epochs_to_target over those that did)."""
     ok = row.ok_runs
     hit = values(row, "epochs_to_target")
@@ -153,7 +149,7 @@ def _target(rows) -> str:
 def norm_finding(rows, metric, direction) -> str:
     if (text := missing(rows, "norm")) is not None:
         return text
-    sizes = sorted({number(r.config.get("trainer.batch_size")) for r in rows} - {None})
+    sizes = levels_of(rows, "trainer.batch_size")
     if not sizes:
         return "finding: the norm study needs trainer.batch_size among its factors"
     big, tiny = sizes[-1], sizes[0]
@@ -199,7 +195,7 @@ def norm_finding(rows, metric, direction) -> str:
 def init_finding(rows, metric, direction) -> str:
     if (text := missing(rows, "init")) is not None:
         return text
-    depths = sorted({number(r.config.get("model.depth")) for r in rows} - {None})
+    depths = levels_of(rows, "model.depth")
     if not depths:
         return "finding: the init study needs model.depth among its factors"
     deep = int(depths[-1])
@@ -229,9 +225,8 @@ def init_finding(rows, metric, direction) -> str:
             parts[-1] += f" (test/acc xavier vs he: {test})"
     by_depth = []
     for i in (xavier, he):
-        accs = [summary(pick(rows, model__init=i, model__activation="relu", model__depth=int(d)), "test/acc")
-                if pick(rows, model__init=i, model__activation="relu", model__depth=int(d)) else mean_ci([])
-                for d in depths]
+        cells = [pick(rows, model__init=i, model__activation="relu", model__depth=int(d)) for d in depths]
+        accs = [summary(c, "test/acc") if c is not None else mean_ci([]) for c in cells]
         by_depth.append(f"{i}-relu " + "/".join(format_number(s.mean) for s in accs))
     parts.append(f"relu test/acc at depth {'/'.join(str(int(d)) for d in depths)}: " + ", ".join(by_depth))
     return ("finding: " + "; ".join(parts) + "; "
@@ -294,11 +289,10 @@ def _mean_at(per_layer: list[dict[str, dict[int, float]]], epoch: int) -> list[f
 def init_plots(client, report, out: Path) -> tuple[list[Path], list[str]]:
     from dlx.diagnostics.plots import plot_depth_profiles
 
-    depths = sorted({int(number(r.config.get("model.depth"))) for r in report.rows
-                     if number(r.config.get("model.depth")) is not None})
+    depths = levels_of(report.rows, "model.depth")
     if not depths:
         return [], []
-    deep = depths[-1]
+    deep = int(depths[-1])
     profiles = {}
     for row in report.rows:
         if number(row.config.get("model.depth")) == deep and row.ok_runs:
@@ -315,19 +309,10 @@ def init_plots(client, report, out: Path) -> tuple[list[Path], list[str]]:
 
 
 def _checkpoint(client, run) -> Path | None:
-    candidate = Path(run.tags.get("dlx.checkpoint_dir", "")) / "last.pt"
-    if run.tags.get("dlx.checkpoint_dir") and candidate.is_file():
-        return candidate
-    try:
-        import tempfile
+    """The run's last.pt; None (the figure is skipped, the report goes on) when it has none."""
+    from dlx.run import last_checkpoint_of
 
-        from mlflow.artifacts import download_artifacts
-
-        return Path(download_artifacts(run_id=run.run_id, artifact_path="checkpoints/last.pt",
-                                       dst_path=tempfile.mkdtemp(prefix="dlx-report-"),
-                                       tracking_uri=client.tracking_uri))
-    except Exception:  # noqa: BLE001 - no checkpoint logged: the figure is skipped, the report goes on
-        return None
+    return last_checkpoint_of(client.get_run(run.run_id), client.tracking_uri)
 
 
 ALPHAS = [i / 10 for i in range(-5, 16)]  # -0.5 .. 1.5: both solutions and a stretch beyond each
