@@ -86,11 +86,13 @@ if __name__ == "__main__":
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def start_app(workdir: Path, hydra: list[str], trials: list[list[str]], **spec) -> subprocess.Popen:
+def start_app(workdir: Path, hydra: list[str], trials: list[list[str]], env: dict | None = None,
+              **spec) -> subprocess.Popen:
     path = workdir / "spec.json"
     path.write_text(json.dumps({"hydra": ["hydra.sweep.dir=outputs/sweep", *hydra], "trials": trials, **spec}))
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(path)], cwd=workdir,
-                            env=dlx_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env={**dlx_env(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def finish(proc: subprocess.Popen, lines: list[str] | None = None, timeout: float = 180) -> tuple[list[dict], str]:
@@ -187,9 +189,12 @@ def test_sequential_trials_share_one_process_and_a_failure_does_not_stop_the_swe
 
 
 # ---------------------------------------------------------------------------------------------- the pool
-def test_pool_runs_trials_on_two_worker_processes_in_order(workdir):
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_runs_trials_on_two_worker_processes_in_order(workdir, method):
+    """Workers forked from the zygote (Linux's default) or spawned (DLX_WORKER_START=spawn) alike."""
     trials = [[*TRIAL, "seed=0"], [*TRIAL, "trainer.resume=missing.pt"], [*TRIAL, "seed=1"], [*TRIAL, "seed=2"]]
-    results, text = run_app(workdir, ["hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"], trials)
+    results, text = run_app(workdir, ["hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"], trials,
+                            env={"DLX_WORKER_START": method})
 
     assert [r["overrides"] for r in results] == trials  # JobReturns in the order of the overrides
     assert [r["status"] for r in results] == ["COMPLETED", "FAILED", "COMPLETED", "COMPLETED"], text[-3000:]
@@ -200,6 +205,69 @@ def test_pool_runs_trials_on_two_worker_processes_in_order(workdir):
     assert results[0]["torch"] is None  # the parent never imports torch: the workers do, once each
     assert {r.info.status for r in runs_by_trial(workdir).values()} == {"FINISHED"}
     assert all(not alive(pid) for pid in pids.values())  # the pool closed with the app
+    assert workers_in(workdir) == []  # and the zygote with it
+
+
+# ---------------------------------------------------------------------------------------------- the zygote
+@pytest.mark.skipif(sys.platform != "linux", reason="the zygote forks workers on Linux only")
+def test_the_zygote_forks_workers_single_threaded_and_reports_how_each_ended(tmp_path, monkeypatch):
+    from dlx.sweep.start import Forked, Zygote
+
+    monkeypatch.chdir(tmp_path)
+    zygote = Zygote(threads=1)
+    try:
+        first, first_send, first_recv = zygote.fork(1)
+        second, second_send, second_recv = zygote.fork(1)
+        assert isinstance(first, Forked)
+        second.kill()  # asked before the zygote has its imports, most likely: delivered once forked
+        assert first.forked_pid() is not None and second.forked_pid() not in (None, first.pid)
+        assert zygote.ready and zygote.zygote_threads == 1  # it forks only while it has one thread
+        assert Path(os.readlink(f"/proc/{first.pid}/cwd")) == tmp_path  # the sweep's, at the request
+        assert second.wait(timeout=60) == -signal.SIGKILL
+        assert first.poll() is None
+        with pytest.raises(subprocess.TimeoutExpired):
+            first.wait(timeout=0.2)
+        first_send.close()  # no set-up will come: the worker leaves
+        assert first.wait(timeout=60) == 0
+        with pytest.raises(EOFError):
+            first_recv.recv()
+    finally:
+        for conn in (first_recv, second_send, second_recv):
+            conn.close()
+        zygote.close()
+    assert zygote.proc.returncode == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the zygote forks workers on Linux only")
+def test_workers_are_spawned_once_the_zygote_is_gone(monkeypatch):
+    """A zygote that died (the out-of-memory killer picks big processes) costs nothing but the speed-up:
+    a worker asked of it ends with an unknown failure, the next ones start as processes of their own."""
+    from dlx.sweep.start import WorkerStarter, ZygoteGone
+
+    monkeypatch.setenv("DLX_WORKER_START", "fork")
+    starter = WorkerStarter(threads=1)
+    zygote = starter.zygote
+    asked, send, recv = zygote.fork(1)  # queued while the zygote imports
+    zygote.proc.kill()
+    zygote.proc.wait()
+    assert asked.wait(timeout=10) == 1 and asked.pid is None  # never forked: an unknown failure
+    with pytest.raises(EOFError):
+        recv.recv()  # the pool would see the end of its pipe
+    send.close()
+    recv.close()
+    with pytest.raises(ZygoteGone):
+        zygote.fork(1)
+    proc, send, recv = starter.start()
+    try:
+        assert isinstance(proc, subprocess.Popen) and starter.zygote is None
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")  # empty while the process execs
+        wait_for(lambda: b"dlx.sweep.worker" in cmdline.read_bytes(), 10, "the spawned worker's command line")
+    finally:
+        proc.kill()
+        proc.wait()
+        send.close()
+        recv.close()
+        starter.close()
 
 
 def test_a_killed_worker_fails_only_its_trial(workdir):
@@ -351,7 +419,7 @@ def test_sweep_on_a_local_ray(workdir):
 
 
 def workers_in(workdir: Path) -> list[int]:
-    """Pids of live dlx sweep workers whose working directory is workdir."""
+    """Pids of live dlx sweep workers (and zygotes) whose working directory is workdir."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -361,7 +429,8 @@ def workers_in(workdir: Path) -> list[int]:
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if b"dlx.sweep.worker" in cmdline and Path(cwd) == workdir and alive(int(entry.name)):
+        dlx_process = any(m in cmdline for m in (b"dlx.sweep.worker", b"dlx.sweep.zygote"))  # forked ones too
+        if dlx_process and Path(cwd) == workdir and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -377,19 +446,28 @@ def test_workers_started_ahead_are_stopped_when_the_sweep_fails_its_checks(workd
     assert workers_in(workdir) == []
 
 
-def test_the_command_line_pool_size_starts_workers_ahead():
-    from dlx.sweep import pool
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_the_command_line_pool_size_starts_workers_ahead(method, monkeypatch):
+    """Forking, `dlx sweep` starts the zygote ahead (one, whatever the pool size); spawning, the workers."""
+    from dlx.sweep import start
     from dlx.sweep.cli import _start_workers_early
 
+    monkeypatch.setenv("DLX_WORKER_START", method)
+    nothing = {"zygote": None, "spawned": []}
     _start_workers_early(["optimizer=sgd,adam", "hydra.launcher.n_jobs=1"])
     _start_workers_early(["hydra/launcher=slurm", "hydra.launcher.n_jobs=4"])
-    assert pool._PRESPAWNED == []  # one job runs in-process; another launcher has its own workers
+    assert start._AHEAD == nothing  # one job runs in-process; another launcher has its own workers
     try:
         _start_workers_early(["optimizer=sgd,adam", "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2",
                               "hydra.launcher.torch_threads=1"])
-        procs = [spawned[0] for _, spawned in pool._PRESPAWNED]
-        assert len(procs) == 2 and all(p.poll() is None for p in procs)
-        assert pool._take_prespawned(threads=3) is None  # a pool with other threads starts its own
+        if method == "fork":
+            procs = [start._AHEAD["zygote"].proc]
+            assert start._AHEAD["spawned"] == []
+        else:
+            procs = [spawned[0] for _, spawned in start._AHEAD["spawned"]]
+            assert len(procs) == 2 and start._AHEAD["zygote"] is None
+            assert start._take_spawned(threads=3) is None  # a pool with other threads starts its own
+        assert all(p.poll() is None for p in procs)
     finally:
-        pool.discard_prespawned()
-    assert all(p.returncode is not None for p in procs) and pool._PRESPAWNED == []
+        start.discard_prespawned()
+    assert all(p.returncode is not None for p in procs) and start._AHEAD == nothing

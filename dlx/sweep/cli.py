@@ -76,7 +76,7 @@ def sweep_main(args: list[str]) -> int:
         _start_workers_early(overrides)
         argv = prepare(overrides)
     except ConfigError as exc:
-        from dlx.sweep.pool import discard_prespawned
+        from dlx.sweep.start import discard_prespawned
 
         discard_prespawned()
         return error(str(exc))
@@ -84,9 +84,10 @@ def sweep_main(args: list[str]) -> int:
 
 
 def _start_workers_early(overrides: list[str]) -> None:
-    """With the worker pool asked for on the command line (hydra.launcher.n_jobs=N, N > 1), start its
-    workers now: they import torch and MLflow (~5 s of CPU each) while this process composes and checks
-    every trial, and the pool takes them when Hydra launches it."""
+    """With the worker pool asked for on the command line (hydra.launcher.n_jobs=N, N > 1), start what
+    its workers come from now (dlx.sweep.start: the zygote, or the workers themselves): it imports torch
+    and MLflow (~4 s of CPU) while this process composes and checks every trial, and the pool takes it
+    when Hydra launches it."""
     given = {_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
     if given.get("hydra/launcher", "dlx_local") != "dlx_local" or find_spec("hydra_plugins.dlx_launcher") is None:
         return
@@ -99,7 +100,7 @@ def _start_workers_early(overrides: list[str]) -> None:
     if n < 0:
         n = len(os.sched_getaffinity(0))
     if n > 1:
-        from dlx.sweep.pool import prespawn
+        from dlx.sweep.start import prespawn
 
         prespawn(n, threads)
 

@@ -1,8 +1,8 @@
 """A pool of long-lived worker processes that run sweep trials, and the trial hygiene shared with
 the in-process launcher.
 
-Each worker (`python -m dlx.sweep.worker`) imports torch, MLflow and dlx once and then runs trials one
-after another, so a trial costs its training and nothing else. Parent and worker speak over two pipes
+Each worker (dlx.sweep.worker; dlx.sweep.start says how it starts) has torch, MLflow and dlx imported
+once and then runs trials one after another, so a trial costs its training and nothing else. Parent and worker speak over two pipes
 (multiprocessing Connections: length-prefixed pickles); the worker's stdout and stderr are the sweep's.
 
 A worker that dies (SIGKILL, the out-of-memory killer, os._exit) fails only the trial it was running:
@@ -26,12 +26,14 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from pathlib import Path
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from dlx.sweep.start import WorkerStarter, worker_threads
 
 log = logging.getLogger("dlx.sweep.launcher")
 
@@ -200,78 +202,28 @@ def death_reason(returncode: int | None, pid: int, idx: int | None) -> str:
     else:
         how = f"exited with code {returncode}"
     where = f" while running trial {idx}" if idx is not None else " before running a trial"
-    return f"worker process {pid} {how}{where}"
+    return f"worker process {pid if pid is not None else '(never started)'} {how}{where}"
 
 
 # ---------------------------------------------------------------------------------------------- the pool
-def _spawn(threads: int) -> tuple[subprocess.Popen, Connection, Connection]:
-    """Start one worker process; it imports torch, MLflow and dlx at once and then waits for its set-up."""
-    to_child_r, to_child_w = os.pipe()
-    from_child_r, from_child_w = os.pipe()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "PYTHONUNBUFFERED": "1",
-           # a killed worker leaves its multiprocessing semaphores to its resource tracker, which
-           # frees them and would warn about each "leak" in the sweep's output
-           "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
-                                                    "ignore::UserWarning:multiprocessing.resource_tracker"]))}
-    # a session of its own: a Ctrl-C at the terminal reaches only the parent, which then stops each
-    # worker with one SIGTERM (two signals could interrupt a trial's run while it is being closed)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dlx.sweep.worker", str(to_child_r), str(from_child_w)],
-        pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    os.close(to_child_r)
-    os.close(from_child_w)
-    return proc, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
-
-
-def worker_threads(n: int, threads: int | None = None) -> int:
-    """torch threads of each of n workers: as asked, else the usable cores shared out."""
-    return threads or max(1, len(os.sched_getaffinity(0)) // n)
-
-
-# Workers started by `dlx sweep` before it composes and checks every trial, which takes seconds: their
-# imports (~5 s of CPU each) run meanwhile instead of after. The pool takes them; what it does not take
-# is stopped when the process exits.
-_PRESPAWNED: list[tuple[int, tuple[subprocess.Popen, Connection, Connection]]] = []
-
-
-def prespawn(n: int, threads: int | None = None) -> None:
-    t = worker_threads(n, threads)
-    while len(_PRESPAWNED) < n:
-        _PRESPAWNED.append((t, _spawn(t)))
-    atexit.register(discard_prespawned)
-
-
-def discard_prespawned() -> None:
-    """Stop workers started ahead that no pool took (the sweep failed its checks, or wants another count)."""
-    while _PRESPAWNED:
-        _, (proc, send_conn, recv_conn) = _PRESPAWNED.pop()
-        proc.kill()  # it has only been importing: nothing to close, and a bad sweep should fail at once
-        proc.wait()
-        for conn in (send_conn, recv_conn):
-            conn.close()
-
-
-def _take_prespawned(threads: int):
-    for i, (t, spawned) in enumerate(_PRESPAWNED):
-        if t == threads and spawned[0].poll() is None:
-            del _PRESPAWNED[i]
-            return spawned
-    return None
-
-
 class _Worker:
     def __init__(self, pool: WorkerPool):
-        self.proc, self.send_conn, self.recv_conn = _take_prespawned(pool.threads) or _spawn(pool.threads)
-        self.pid = self.proc.pid
-        # the worker reads its set-up only after its imports, and the set-up is larger than a pipe holds:
-        # a thread hands it over, so that neither the pool nor the next worker's start waits for it
+        self.proc, self.send_conn, self.recv_conn = pool.starter.start()
+        # the worker reads its set-up once it has its imports (a forked one: once the zygote has them),
+        # and the set-up is larger than a pipe holds: a thread hands it over, so that neither the pool
+        # nor the next worker's start waits for it
         blobs = [pickle.dumps(list(sys.path)), pool.state, pool.payload]  # sys.path first: unpickling needs it
-        threading.Thread(target=self._send_setup, args=(blobs,), name=f"dlx-setup-{self.pid}", daemon=True).start()
+        threading.Thread(target=self._send_setup, args=(blobs, pool.threads), daemon=True).start()
         self.ready, self.started = False, time.monotonic()
         self.job: tuple[int, list[str]] | None = None
 
-    def _send_setup(self, blobs: list[bytes]) -> None:
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid  # a forked worker's: None until the zygote has forked it
+
+    def _send_setup(self, blobs: list[bytes], threads: int) -> None:
+        pid = self.proc.forked_pid() if hasattr(self.proc, "forked_pid") else self.proc.pid
+        log.info("worker %s starting, torch threads: %d", pid, threads)
         try:
             for blob in blobs:
                 self.send_conn.send_bytes(blob)
@@ -323,6 +275,7 @@ class WorkerPool:
         self.payload = pickler.dumps({"hydra_context": hydra_context, "task_function": task_function,
                                       "config": config, "threads": self.threads})
         self.workers: list[_Worker] = []
+        self.starter = WorkerStarter(self.threads)
         self.closed = False
         atexit.register(self.close)
 
@@ -334,7 +287,6 @@ class WorkerPool:
     def _start(self) -> _Worker:
         worker = _Worker(self)
         self.workers.append(worker)
-        log.info("worker %d starting, torch threads: %d", worker.pid, self.threads)
         return worker
 
     def run(self, jobs: list[tuple[int, list[str]]]) -> list[JobReturn]:
@@ -361,7 +313,7 @@ class WorkerPool:
                 kind = message[0]
                 if kind == "ready":
                     worker.ready, startup_failures = True, 0
-                    log.info("worker %d ready after %.1f s", worker.pid, time.monotonic() - worker.started)
+                    log.info("worker %s ready after %.1f s", worker.pid, time.monotonic() - worker.started)
                 elif kind == "started":
                     log.info("trial %d running in pid %d", message[1], message[2])
                 elif kind == "done":
@@ -419,7 +371,7 @@ class WorkerPool:
         self.closed = True
         for worker in self.workers:
             if worker.proc.poll() is None:
-                log.warning("stopping worker %d%s", worker.pid,
+                log.warning("stopping worker %s%s", worker.pid,
                             f" (trial {worker.job[0]})" if worker.job is not None else "")
                 worker.proc.send_signal(signal.SIGTERM)
             worker.send_conn.close()  # no next trial: the worker leaves once its trial is closed
@@ -432,10 +384,11 @@ class WorkerPool:
             try:
                 worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("worker %d did not stop within %.0f s: killing it", worker.pid, grace_s)
+                log.warning("worker %s did not stop within %.0f s: killing it", worker.pid, grace_s)
                 worker.proc.kill()
                 worker.proc.wait()
             worker.close_pipes()
         log.info("%d worker(s) stopped in %.1f s", len(self.workers), time.monotonic() - start)
         self.workers.clear()
+        self.starter.close()
         atexit.unregister(self.close)

@@ -94,7 +94,9 @@ class DlxLocalLauncher(Launcher):
         """Like Hydra's BasicLauncher, plus per-trial isolation of torch's global switches; a trial
         that ended because of Ctrl-C or SIGTERM stops the sweep instead of going on to the next."""
         from dlx.sweep.pool import isolated_trial, traced
+        from dlx.sweep.worker import ready_once
 
+        ready_once()  # the imports, out of the garbage collector's way (dlx.sweep.worker.freeze_heap)
         returns = []
         for idx, overrides in jobs:
             sweep_config = self._sweep_config(idx, overrides)
