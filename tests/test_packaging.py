@@ -85,7 +85,7 @@ def test_wheel_ships_the_configs_and_an_installed_dlx_composes_from_them(tmp_pat
     for group in GROUPS:
         assert any(n.startswith(f"dlx/conf/{group}/") and n.endswith(".yaml") for n in names), group
     assert not any(n.startswith("conf/") for n in names), "conf/ must ship inside the package, as dlx/conf"
-    assert re.search(r"^dlx\s*=\s*dlx\.cli:main\s*$", entry_points, re.MULTILINE), entry_points
+    assert re.search(r"^dlx\s*=\s*dlx\.cli:entry\s*$", entry_points, re.MULTILINE), entry_points
 
     # a fresh environment holding only the wheel's dlx; the dependencies come from this interpreter's
     # site-packages through a plain path line, which does not run that directory's own .pth files
