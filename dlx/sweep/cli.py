@@ -30,7 +30,8 @@ hydra.sweeper settings:
   direction=auto|maximize|minimize
   pruner=none|median|hyperband stop trials whose per-epoch objective falls behind
   n_startup_trials=5 warmup_epochs=1 seed=0
-  batch_size=N                 trials launched at once (default: the launcher's n_jobs, else 1)
+  batch_size=N                 launch trials in batches of N (default: with dlx_local's workers, each
+                               free worker gets the next trial; other launchers: batches of n_jobs, else 1)
   storage=URL study_name=NAME  the Optuna study (default sqlite:///<cwd>/outputs/optuna.db, generated name)
   params.KEY=VALUE             the search space in config; the command line wins
 

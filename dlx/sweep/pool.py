@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -291,21 +292,37 @@ class WorkerPool:
 
     def run(self, jobs: list[tuple[int, list[str]]]) -> list[JobReturn]:
         """Run every job; returns their JobReturns in the order of `jobs`."""
-        pending, results = deque(jobs), {}
+        queue, results = deque(jobs), {}
+        self.stream(lambda: queue.popleft() if queue else None, results.__setitem__)
+        return [results[idx] for idx, _ in jobs]
+
+    def stream(self, next_job: Callable[[], tuple[int, list[str]] | None],
+               on_done: Callable[[int, JobReturn], None]) -> None:
+        """Hand each worker that is ready and idle the job `next_job()` gives, and give each JobReturn to
+        `on_done(job number, JobReturn)` as it arrives; return once `next_job()` said None and every
+        job handed out has come back. No worker waits for another's trial to end."""
         self.start()
-        startup_failures = 0
-        while pending or any(w.job is not None for w in self.workers):
+        startup_failures, exhausted, unsent = 0, False, deque()
+        while True:
             for worker in self.workers:
-                if worker.ready and worker.job is None and pending:
-                    if worker.submit(pending[0]):  # else it is gone: wait() shows the end of its pipe
-                        pending.popleft()
+                if worker.ready and worker.job is None and not exhausted:
+                    job = unsent.popleft() if unsent else next_job()
+                    if job is None:
+                        exhausted = True
+                    elif not worker.submit(job):  # it is gone: wait() shows the end of its pipe
+                        unsent.appendleft(job)
+            if exhausted and not unsent and all(w.job is None for w in self.workers):
+                return
             for conn in wait([w.recv_conn for w in self.workers]):
                 worker = next(w for w in self.workers if w.recv_conn is conn)
                 try:
                     message = conn.recv()
                 except (EOFError, OSError):
                     startup_failures = startup_failures + 1 if not worker.ready and worker.job is None else 0
-                    self._replace(worker, results)
+                    failed: dict[int, JobReturn] = {}
+                    self._replace(worker, failed)
+                    for idx, ret in failed.items():
+                        on_done(idx, ret)
                     if startup_failures >= STARTUP_FAILURES:
                         raise WorkerStartError(f"{startup_failures} worker processes in a row died before they "
                                                "were ready; their errors are printed above") from None
@@ -317,9 +334,8 @@ class WorkerPool:
                 elif kind == "started":
                     log.info("trial %d running in pid %d", message[1], message[2])
                 elif kind == "done":
-                    results[message[1]] = message[2]
                     worker.job = None
-        return [results[idx] for idx, _ in jobs]
+                    on_done(message[1], message[2])
 
     def _replace(self, worker: _Worker, results: dict) -> None:
         """`worker` is gone: fail its trial, close its MLflow run, start another in its place."""

@@ -1,5 +1,7 @@
-"""Driving a sweep: ask the Optuna study for a batch of trials, launch them through Hydra's launcher,
-tell the study how each ended, and keep the MLflow parent run and the summary up to date.
+"""Driving a sweep: ask the Optuna study for trials, launch them through Hydra's launcher, tell the
+study how each ended, and keep the MLflow parent run and the summary up to date. Trials go in batches
+(Hydra's launcher interface), or one at a time to whichever worker is free when the launcher can
+(dlx_local's pool).
 
 A trial that raises, hits a non-finite loss or dies is told FAIL and the sweep goes on; a pruned trial
 is told PRUNED. Ctrl-C or SIGTERM stops the sweep: the trials it cut short are marked interrupted and
@@ -64,6 +66,7 @@ class Sweep:
                            if o.split("=", 1)[0].lstrip("+~") not in LOCATORS]
         self.study = self.parent = None
         self.todo: list[dict] | int = 0
+        self.in_flight: dict[int, tuple[Any, float]] = {}  # trial number -> (trial, start), when streaming
         self.started = time.monotonic()
 
     # ------------------------------------------------------------------------------------------- start
@@ -167,14 +170,17 @@ class Sweep:
             progress.start(best=self._best_value())
             interrupted, asked = None, []
             try:
-                while (asked := self._ask()):
-                    interrupted = self._launch(asked, progress)
-                    if interrupted:
-                        break
+                if self._streams():
+                    interrupted = self._stream(progress)
+                else:
+                    while (asked := self._ask()):
+                        interrupted = self._launch(asked, progress)
+                        if interrupted:
+                            break
             except KeyboardInterrupt as exc:
                 interrupted = 143 if type(exc).__name__ == "Terminated" else 130
                 with _signals_ignored():  # a second Ctrl-C must not cut the bookkeeping short
-                    self._abandon(asked)
+                    self._abandon([*asked, *(t for t, _ in self.in_flight.values())])
             finally:
                 progress.close()
             with _signals_ignored():
@@ -191,14 +197,16 @@ class Sweep:
             if self.study._storage.get_trial(t._trial_id).state == TrialState.RUNNING:
                 self._tell(t, TrialRecord(t.number, "interrupted", reason="the sweep was stopped"), None)
 
-    def _ask(self) -> list:
+    def _ask(self, n: int | None = None) -> list:
+        """The next trials (a batch, or `n`), asked of the study and tagged with their overrides."""
+        n = n or self.batch_size
         if isinstance(self.todo, int):
-            k = min(self.batch_size, self.todo)
+            k = min(n, self.todo)
             self.todo -= k
             trials = [self.study.ask(self.space.distributions()) for _ in range(k)]
         else:
             trials = []
-            for combo in self.todo[:self.batch_size]:
+            for combo in self.todo[:n]:
                 self.study.enqueue_trial(combo)
                 trials.append(self.study.ask(self.space.distributions()))
             asked = {self._grid_key(t.params) for t in trials}
@@ -221,6 +229,37 @@ class Sweep:
             if record.outcome == "interrupted":
                 interrupted = 143 if "SIGTERM" in record.reason else 130
         return interrupted
+
+    def _streams(self) -> bool:
+        """Whether trials go one at a time to whichever worker is free (a launcher with launch_stream,
+        i.e. dlx_local's pool) rather than in batches that wait for their slowest trial; setting
+        hydra.sweeper.batch_size asks for batches."""
+        return (not self.s.batch_size and self.batch_size > 1 and getattr(self.launcher, "n_jobs", 1) > 1
+                and callable(getattr(self.launcher, "launch_stream", None)))
+
+    def _stream(self, progress: SweepProgress) -> int | None:
+        """Keep every worker busy: ask the study for a trial whenever one is free, tell it each result as
+        it arrives (so TPE and the pruners learn from it at once). Returns 130/143 when a trial was
+        interrupted, after the trials in flight came back."""
+        stop: list[int] = []
+
+        def next_job():
+            if stop or not (asked := self._ask(1)):
+                return None
+            trial = asked[0]
+            self.in_flight[trial.number] = (trial, time.monotonic())
+            return trial.number, [*self.space.trial_overrides(trial.params), *self._internal(trial.number)]
+
+        def on_done(number: int, ret) -> None:
+            trial, start = self.in_flight.pop(number)
+            run = self.parent.child(number) if self.parent else None
+            record = self._settle(trial, ret, run, time.monotonic() - start)
+            progress.trial(record)
+            if record.outcome == "interrupted" and not stop:
+                stop.append(143 if "SIGTERM" in record.reason else 130)
+
+        self.launcher.launch_stream(next_job, on_done)
+        return stop[0] if stop else None
 
     def _internal(self, number: int) -> list[str]:
         """What the sweeper adds to every trial: nesting under the parent run, the trial tag, and the

@@ -92,6 +92,13 @@ class ParentRun:
             if not token:
                 return out
 
+    def child(self, number: int):
+        """The run of trial `number` (the latest, should the number appear twice), or None."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}' "
+                                                             f"and tags.`{TRIAL_TAG}` = '{number}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
     def close_dangling(self, run, reason: str, status: str = "FAILED") -> None:
         """A trial whose process ended without closing its run: close it with the reason."""
         outcome = "killed" if status == "KILLED" else "failed"

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     from dlx.sweep.worker import freeze_heap, warm_up
 
     warm_up()
-    freeze_heap()
+    freeze_heap(collect=False)  # the first workers wait for this
     _send(sock, ("ready", os.getpid(), threads_of_this_process()))
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)

@@ -11,7 +11,7 @@ in sys.modules, where dataclasses cannot resolve string annotations.
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -84,6 +84,34 @@ class DlxLocalLauncher(Launcher):
             if self.n_jobs == 1:
                 return self._launch_here(jobs, interrupt_from)
             return self._launch_pool(jobs)
+
+    def launch_stream(self, next_job: Callable[[], tuple[int, list[str]] | None],
+                      on_done: Callable[[int, JobReturn], None]) -> None:
+        """On the worker pool (n_jobs > 1): hand out the trials `next_job()` gives one at a time, as
+        workers free up, and pass each JobReturn to `on_done` as it arrives (dlx.sweep.pool.stream). A
+        sweeper that can ask for trials one by one uses this instead of `launch`, so that no worker
+        idles while the others finish their part of a batch."""
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        from dlx.sweep.pool import terminate_as_interrupt
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info("Launching trials on %d worker processes as they free up", self.n_jobs)
+
+        def logged():
+            job = next_job()
+            if job is not None:
+                log.info("\t#%d : %s", job[0], " ".join(filter_overrides(job[1])))
+            return job
+
+        with terminate_as_interrupt():
+            pool = self._pool()
+            try:
+                pool.stream(logged, on_done)
+            except BaseException:
+                pool.terminate()
+                raise
 
     def _sweep_config(self, idx: int, overrides: Sequence[str]) -> DictConfig:
         from dlx.sweep.pool import compose_trial
