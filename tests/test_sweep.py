@@ -195,6 +195,25 @@ def test_eight_trials_start_at_once_on_a_fresh_store(workdir):
         assert got == expected, c.info.run_id
 
 
+@pytest.mark.skipif(find_spec("hydra_plugins.dlx_launcher") is None, reason="needs hydra/launcher=dlx_local")
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_a_free_worker_takes_the_next_trial_without_waiting_for_the_others(work, batch_size):
+    """Two workers, trial 0 long, trials 1 and 2 short: the worker trial 1 frees runs trial 2 while trial
+    0 still trains. With hydra.sweeper.batch_size=2, trial 2 waits for the batch of trials 0 and 1."""
+    args = ["sweep", "trainer.epochs=150,1,2", "model.width=16", "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"]
+    proc = run_dlx([*args, *([f"hydra.sweeper.batch_size={batch_size}"] if batch_size else [])], work, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(TRIAL_LINE.findall(proc.stdout)) == 3  # a line per trial, as each ends
+    _, children = split(all_runs(work))
+    trial = {int(c.data.tags["trial"]): c for c in children}
+    assert [trial[i].data.params["trainer.epochs"] for i in range(3)] == ["150", "1", "2"]
+    long_ends, last_starts = trial[0].info.end_time, trial[2].info.start_time
+    if batch_size is None:
+        assert last_starts < long_ends, "trial 2 waited for trial 0"
+    else:
+        assert last_starts >= long_ends, "a batch of two let a third trial in"
+
+
 def test_study_lists_and_runs_a_preset_tagging_its_parent(work):
     from omegaconf import OmegaConf
 
