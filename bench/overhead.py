@@ -31,6 +31,11 @@ Evidence (2 cores, load average ~1 from the host, 30 epochs x 6-8 repeats), digi
   wall 1.31-1.35x. What is left in the MLP's epoch is the per-step bookkeeping (train accuracy, loss
   read-back, lr schedule: ~5% in a loop-only measurement) and the host's noise (per-repeat ratios
   0.88-1.48); the wall time adds the checkpoint (~3-5 ms: serialise 1.5 ms, write 1.6 ms per file).
+- the engine alone (no MLflow, no callbacks, interleaved epochs in one process): 1.03-1.05. In a run,
+  which has imported MLflow (~700k objects tracked by the garbage collector), an epoch's allocations
+  set off young-generation collections of ~3 ms and now and then a full one of ~0.4 s: the collector
+  now waits while an epoch runs (dlx.engine.gc_paused). With 8 repeats on a host noisier than ever
+  (IQR/median 41%): 1.036 (lower quartile 1.008) / 1.055; wall 1.24x / 1.16x.
 
 The report always exits 0, unless --strict is given and a ratio misses the target.
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -104,6 +105,22 @@ class Callback:
     def on_step(self, trainer: Trainer, state: TrainState) -> None: ...
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector waits while an epoch runs; it catches up between epochs. A
+    step's tensors and autograd graph are freed by reference counting, not by the collector, but its
+    allocations trigger it: in a run that has imported MLflow (~700k tracked objects) a digits MLP
+    epoch (~25 ms) met a young-generation collection of ~3 ms every third epoch, and now and then a
+    full one of ~0.4 s."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def amp_context(device: torch.device, amp: str):
     if amp == "off":
         return contextlib.nullcontext()
@@ -154,9 +171,10 @@ class Trainer:
             cb.on_fit_start(self, state)
         while state.epoch < self.opt.epochs and not state.stopped_early:
             t0 = time.perf_counter()
-            metrics = self.train_epoch(state)
-            if len(self.data.x_val):
-                metrics.update(_prefix("val", self.evaluate(self.data.x_val, self.data.y_val)))
+            with gc_paused():
+                metrics = self.train_epoch(state)
+                if len(self.data.x_val):
+                    metrics.update(_prefix("val", self.evaluate(self.data.x_val, self.data.y_val)))
             state.epoch += 1
             if self.schedule.monitor is not None:
                 self.schedule.step_epoch(state.epoch, metrics.get(self.schedule.monitor))

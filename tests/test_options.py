@@ -519,3 +519,32 @@ def test_unknown_knob_value_lists_the_valid_ones(key, enum):
         compose([f"{key}=nope"])
     message = str(info.value)
     assert key in message and all(v.value in message for v in enum)
+
+
+# ----------------------------------------------------------------------------------- the loop
+def test_the_garbage_collector_waits_during_an_epoch_and_is_back_after(data_root):
+    """Steps run with Python's cyclic collector paused (its collections over the imported heap cost
+    milliseconds per epoch); callbacks at the epoch's end run with it on, and so does the code after fit."""
+    import gc
+
+    seen: dict[str, list[bool]] = {"step": [], "epoch_end": []}
+
+    class Probe(Callback):
+        def on_step(self, trainer, state):
+            seen["step"].append(gc.isenabled())
+
+        def on_epoch_end(self, trainer, state, metrics):
+            seen["epoch_end"].append(gc.isenabled())
+
+    built = build(tiny_config(["trainer.epochs=2"], data_root), callbacks=[Probe()])
+    assert gc.isenabled()
+    built.trainer.fit()
+    assert seen["step"] and not any(seen["step"])
+    assert seen["epoch_end"] == [True, True] and gc.isenabled()
+    gc.disable()  # a caller that turned it off keeps it off
+    try:
+        built.trainer.opt.epochs = 3
+        built.trainer.fit()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
