@@ -239,6 +239,23 @@ def test_the_zygote_forks_workers_single_threaded_and_reports_how_each_ended(tmp
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the zygote forks workers on Linux only")
+def test_a_pool_stopping_while_its_zygote_imports_does_not_wait_for_it(monkeypatch):
+    """Ctrl-C seconds into a sweep: the zygote still importing is killed, not waited for, and the
+    workers asked of it end at once as never started."""
+    from dlx.sweep.start import WorkerStarter
+
+    monkeypatch.setenv("DLX_WORKER_START", "fork")
+    starter = WorkerStarter(threads=1)
+    zygote = starter.zygote
+    asked, send, recv = starter.start()
+    starter.stop_starting()  # what the pool does first when it stops
+    assert starter.zygote is None and zygote.proc.returncode == -signal.SIGKILL
+    assert asked.wait(timeout=5) == 1 and asked.pid is None
+    send.close()
+    recv.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the zygote forks workers on Linux only")
 def test_workers_are_spawned_once_the_zygote_is_gone(monkeypatch):
     """A zygote that died (the out-of-memory killer picks big processes) costs nothing but the speed-up:
     a worker asked of it ends with an unknown failure, the next ones start as processes of their own."""

@@ -265,8 +265,8 @@ def run_hydra(argv: list[str], shown: list[str]) -> int:
     except SystemExit as exc:  # Hydra exits 1 after printing an error it caught itself
         if not sweeper.RESULT:
             return exc.code if isinstance(exc.code, int) else 1
-    except KeyboardInterrupt:  # stopped before the first trial
-        return sweeper.RESULT.get("code", 130)
+    except KeyboardInterrupt as exc:  # stopped before the first trial
+        return sweeper.RESULT.get("code", 143 if type(exc).__name__ == "Terminated" else 130)
     finally:
         sys.argv = saved
     return sweeper.RESULT.get("code", 1)

@@ -224,7 +224,9 @@ class _Worker:
 
     def _send_setup(self, blobs: list[bytes], threads: int) -> None:
         pid = self.proc.forked_pid() if hasattr(self.proc, "forked_pid") else self.proc.pid
-        log.info("worker %s starting, torch threads: %d", pid, threads)
+        if pid is None:  # the zygote was stopped before it forked this one: nothing to set up
+            return
+        log.info("worker %d starting, torch threads: %d", pid, threads)
         try:
             for blob in blobs:
                 self.send_conn.send_bytes(blob)
@@ -394,6 +396,7 @@ class WorkerPool:
         self._stop_all(grace_s=self.shutdown_grace_s)
 
     def _stop_all(self, grace_s: float) -> None:
+        self.starter.stop_starting()
         start = time.monotonic()
         deadline = start + grace_s
         for worker in self.workers:

@@ -299,6 +299,12 @@ class WorkerStarter:
                 self.zygote = None
         return _take_spawned(self.threads) or spawn_worker(self.threads)
 
+    def stop_starting(self) -> None:
+        """The pool is stopping: a zygote still importing would fork its workers only to see them
+        killed; stop it now (its workers that never were end as unknown failures) instead of waiting."""
+        if self.zygote is not None and not self.zygote.ready:
+            self.close()
+
     def close(self) -> None:
         if self.zygote is not None:
             self.zygote.close()
