@@ -348,7 +348,8 @@ def test_exceptions_cross_the_process_boundary_recognisably():
     import pickle
 
     from dlx.run import Pruned, RunError
-    from dlx.sweep.pool import WorkerDied, death_reason, portable_exception
+    from dlx.sweep.hygiene import portable_exception
+    from dlx.sweep.pool import WorkerDied, death_reason
 
     pruned = pickle.loads(pickle.dumps(portable_exception(Pruned("epoch 2: val/acc=0.1000"))))
     assert isinstance(pruned, Pruned) and str(pruned) == "epoch 2: val/acc=0.1000"

@@ -1,5 +1,5 @@
-"""A pool of long-lived worker processes that run sweep trials, and the trial hygiene shared with
-the in-process launcher.
+"""A pool of long-lived worker processes that run sweep trials (the trial hygiene it shares with the
+in-process launcher is in dlx.sweep.hygiene).
 
 Each worker (dlx.sweep.worker; dlx.sweep.start says how it starts) has torch, MLflow and dlx imported
 once and then runs trials one after another, so a trial costs its training and nothing else. Parent and worker speak over two pipes
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import copy
-import gc
 import logging
 import os
 import pickle
@@ -26,7 +25,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import contextmanager
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -49,107 +47,7 @@ class WorkerStartError(RuntimeError):
     """Worker processes keep dying before they can run a trial."""
 
 
-# ---------------------------------------------------------------------------------------------- hygiene
-@contextmanager
-def terminate_as_interrupt():
-    """SIGTERM raises dlx.run.Terminated (a KeyboardInterrupt) while trials launch, so a terminated
-    sweep stops its workers and closes its runs the way Ctrl-C does."""
-    from dlx.run import sigterm_as_interrupt
-
-    with sigterm_as_interrupt():
-        yield
-
-
-def interrupt_from(ret: JobReturn) -> BaseException | None:
-    """The interrupt to re-raise when an in-process trial ended because of Ctrl-C or SIGTERM:
-    dlx.run closes the run KILLED and raises RunError(130 or 143), which Hydra's run_job records as an
-    ordinary failure; the sweep must stop there, not go on to the next trial."""
-    from dlx.run import RunError, Terminated
-
-    if ret.status != JobStatus.FAILED or not isinstance(ret._return_value, RunError):
-        return None
-    return {130: KeyboardInterrupt(), 143: Terminated()}.get(ret._return_value.exit_code)
-
-
-@contextmanager
-def isolated_trial(threads: int | None = None):
-    """Undo what one trial changes in process-wide state, so the next trial in the same process starts
-    from the same place: environment variables and torch's global switches (a trial with
-    trainer.deterministic=true turns deterministic algorithms on for the whole process). `threads`:
-    torch's intra-op threads during the trial (None: leave them)."""
-    try:
-        import torch  # every dlx trial imports it; here it is imported once, before the first trial
-    except ImportError:
-        torch = None
-    saved_env = dict(os.environ)
-    saved = _torch_switches(torch) if torch is not None else None
-    if threads and torch is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if os.environ != saved_env:
-            os.environ.clear()
-            os.environ.update(saved_env)
-        if saved is not None:
-            _restore_torch_switches(torch, saved)
-        # a finished trial's model, data and optimizer sit in reference cycles: free them now, not at
-        # some later collection, so the next trial does not stack its tensors on top of them
-        # (measured: 12 in-process trials of a width-256 MLP grew RSS by ~50 MB without this)
-        gc.collect()
-
-
-def _torch_switches(torch) -> dict:
-    return {"deterministic": torch.are_deterministic_algorithms_enabled(),
-            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "cudnn_deterministic": torch.backends.cudnn.deterministic,
-            "threads": torch.get_num_threads(),
-            "dtype": torch.get_default_dtype(),
-            "grad": torch.is_grad_enabled()}
-
-
-def _restore_torch_switches(torch, s: dict) -> None:
-    torch.use_deterministic_algorithms(s["deterministic"], warn_only=s["warn_only"])
-    torch.backends.cudnn.benchmark = s["cudnn_benchmark"]
-    torch.backends.cudnn.deterministic = s["cudnn_deterministic"]
-    if torch.get_num_threads() != s["threads"]:
-        torch.set_num_threads(s["threads"])
-    torch.set_default_dtype(s["dtype"])
-    torch.set_grad_enabled(s["grad"])
-
-
-class traced:
-    """The task function, first writing which process runs the trial into the trial's own log."""
-
-    def __init__(self, task_function, idx: int):
-        self.task_function, self.idx = task_function, idx
-
-    def __call__(self, cfg: DictConfig):
-        logging.getLogger("dlx").info("trial %d running in pid %d", self.idx, os.getpid())
-        return self.task_function(cfg)
-
-
-def portable_exception(exc: BaseException) -> BaseException:
-    """`exc` when it survives a pickle round trip (dlx.run.Pruned does), else a RuntimeError that keeps
-    its type name and message, e.g. "RunError: run FAILED: loss is nan at step 12"."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001 - any exception that does not round-trip is replaced
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-
-
-def compose_trial(config_loader, config: DictConfig, idx: int, overrides: list[str]) -> DictConfig:
-    """The config of trial `idx`, as Hydra's BasicLauncher composes it: the sweep's config with the
-    trial's overrides, job id and number set (hydra.sweep.subdir interpolates the number)."""
-    sweep_config = config_loader.load_sweep_config(config, list(overrides))
-    with open_dict(sweep_config):
-        sweep_config.hydra.job.id = idx
-        sweep_config.hydra.job.num = idx
-    return sweep_config
-
-
+# ---------------------------------------------------------------------------------------------- dead workers
 def failed_return(sweep_config: DictConfig, error: BaseException) -> JobReturn:
     """The JobReturn of a trial that never reported back, shaped like the one run_job makes."""
     output_dir = trial_dir(sweep_config)

@@ -84,7 +84,7 @@ def freeze_heap(collect: bool = True) -> None:
 def run_trial(idx: int, overrides: list[str], init: dict):
     from hydra.core.utils import JobReturn, JobStatus, run_job
 
-    from dlx.sweep.pool import compose_trial, isolated_trial, portable_exception, traced
+    from dlx.sweep.hygiene import compose_trial, isolated_trial, portable_exception, traced
 
     hydra_context, task_function = init["hydra_context"], init["task_function"]
     try:

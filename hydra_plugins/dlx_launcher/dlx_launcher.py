@@ -69,7 +69,7 @@ class DlxLocalLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        from dlx.sweep.pool import interrupt_from, terminate_as_interrupt
+        from dlx.sweep.hygiene import interrupt_from, terminate_as_interrupt
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -92,7 +92,7 @@ class DlxLocalLauncher(Launcher):
         sweeper that can ask for trials one by one uses this instead of `launch`, so that no worker
         idles while the others finish their part of a batch."""
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        from dlx.sweep.pool import terminate_as_interrupt
+        from dlx.sweep.hygiene import terminate_as_interrupt
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -114,14 +114,14 @@ class DlxLocalLauncher(Launcher):
                 raise
 
     def _sweep_config(self, idx: int, overrides: Sequence[str]) -> DictConfig:
-        from dlx.sweep.pool import compose_trial
+        from dlx.sweep.hygiene import compose_trial
 
         return compose_trial(self.hydra_context.config_loader, self.config, idx, list(overrides))
 
     def _launch_here(self, jobs, interrupt_from) -> list[JobReturn]:
         """Like Hydra's BasicLauncher, plus per-trial isolation of torch's global switches; a trial
         that ended because of Ctrl-C or SIGTERM stops the sweep instead of going on to the next."""
-        from dlx.sweep.pool import isolated_trial, traced
+        from dlx.sweep.hygiene import isolated_trial, traced
         from dlx.sweep.worker import ready_once
 
         ready_once()  # the imports, out of the garbage collector's way (dlx.sweep.worker.freeze_heap)
