@@ -139,7 +139,7 @@ class Zygote:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         token = next(self.tokens)
-        request = pickle.dumps({"token": token, "threads": threads, "cwd": os.getcwd(), "env": worker_env(threads)})
+        request = pickle.dumps({"token": token, "cwd": os.getcwd(), "env": worker_env(threads)})
         try:
             socket.send_fds(self.sock, [request], [to_child_r, from_child_w])
         except OSError as exc:

@@ -224,11 +224,16 @@ class Sweep:
         interrupted = None
         for i, t in enumerate(trials):
             ret = returns[i] if i < len(returns) else None
-            record = self._settle(t, ret, runs.get(t.number), elapsed)
-            progress.trial(record)
-            if record.outcome == "interrupted":
-                interrupted = 143 if "SIGTERM" in record.reason else 130
+            interrupted = self._record(t, ret, runs.get(t.number), elapsed, progress) or interrupted
         return interrupted
+
+    def _record(self, trial, ret, run, seconds: float, progress: SweepProgress) -> int | None:
+        """Settle one trial and show it; 130/143 when the trial was interrupted by Ctrl-C/SIGTERM."""
+        record = self._settle(trial, ret, run, seconds)
+        progress.trial(record)
+        if record.outcome == "interrupted":
+            return 143 if "SIGTERM" in record.reason else 130
+        return None
 
     def _streams(self) -> bool:
         """Whether trials go one at a time to whichever worker is free (a launcher with launch_stream,
@@ -253,10 +258,9 @@ class Sweep:
         def on_done(number: int, ret) -> None:
             trial, start = self.in_flight.pop(number)
             run = self.parent.child(number) if self.parent else None
-            record = self._settle(trial, ret, run, time.monotonic() - start)
-            progress.trial(record)
-            if record.outcome == "interrupted" and not stop:
-                stop.append(143 if "SIGTERM" in record.reason else 130)
+            code = self._record(trial, ret, run, time.monotonic() - start, progress)
+            if code and not stop:
+                stop.append(code)
 
         self.launcher.launch_stream(next_job, on_done)
         return stop[0] if stop else None

@@ -10,6 +10,7 @@ sweep dir/subdir and sends job logging to the trial's own log file. Messages to 
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -58,15 +59,11 @@ def warm_up() -> None:
         plot_learning_curves([{"epoch": 1, "train/loss": 1.0, "train/acc": 0.5, "lr": 0.1}], Path(tmp) / "warm.png")
 
 
-_READY = []
-
-
+@functools.cache
 def ready_once() -> None:
     """warm_up and freeze_heap, once per process: what the in-process launcher does before its first trial."""
-    if not _READY:
-        warm_up()
-        freeze_heap()
-        _READY.append(True)
+    warm_up()
+    freeze_heap()
 
 
 def freeze_heap(collect: bool = True) -> None:
@@ -104,24 +101,17 @@ def run_trial(idx: int, overrides: list[str], init: dict):
 def main(argv: list[str]) -> int:
     """A worker started as a process of its own: import everything, then serve."""
     parent = os.getppid()
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 1)
-    import torch
-
-    torch.set_num_threads(threads)
     # the slow imports first: a worker may be started before the sweep has its configuration (dlx sweep
     # starts its workers while it checks every trial); the set-up waits in the pipe meanwhile
     warm_up()
     freeze_heap()
-    serve(int(argv[0]), int(argv[1]), threads, parent)
+    serve(int(argv[0]), int(argv[1]), parent)
     return 0
 
 
-def serve(inbox_fd: int, outbox_fd: int, threads: int, parent: int) -> None:
+def serve(inbox_fd: int, outbox_fd: int, parent: int) -> None:
     """Read the set-up, then run trials until the parent says stop or goes away (the parent: the
     sweep, or the zygote, which leaves with the sweep). Does not return."""
-    import torch
-
-    torch.set_num_threads(threads)
     inbox = Connection(inbox_fd, writable=False)
     outbox = Connection(outbox_fd, readable=False)
     threading.Thread(target=_watch_parent, args=(parent,), name="dlx-parent-watch", daemon=True).start()
@@ -137,7 +127,9 @@ def serve(inbox_fd: int, outbox_fd: int, threads: int, parent: int) -> None:
     Singleton.set_state(pickle.loads(state))  # see WorkerPool: before the config is loaded
     init = pickle.loads(payload)  # cloudpickle's output loads with plain pickle
     setup_globals()
-    torch.set_num_threads(init["threads"])
+    import torch
+
+    torch.set_num_threads(init["threads"])  # the pool's share of the cores
     outbox.send(("ready", os.getpid()))
     while True:
         try:

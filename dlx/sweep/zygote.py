@@ -5,7 +5,7 @@ of the sweep process, so a pool of n workers pays those imports (~4 s of CPU) on
 the forked workers share the imported modules' memory with the zygote until they write to it.
 
 The zygote talks to the sweep over one Unix SEQPACKET socket (FD), a pickle per message:
-  sweep -> zygote: {"token", "threads", "cwd", "env"} with two file descriptors attached (SCM_RIGHTS):
+  sweep -> zygote: {"token", "cwd", "env"} with two file descriptors attached (SCM_RIGHTS):
                    the worker's inbox and outbox pipes
   zygote -> sweep: ("ready", pid, names of the zygote's threads) once its imports are done,
                    ("forked", token, pid), ("exit", pid, returncode) when a worker ends, as
@@ -105,7 +105,7 @@ def _child(request: dict, fds: list[int], sock: socket.socket, wake_fds: tuple[i
         os.environ.update(request["env"])
         from dlx.sweep.worker import serve
 
-        serve(fds[0], fds[1], request["threads"], zygote)
+        serve(fds[0], fds[1], zygote)
         code = 0
     except BaseException:  # noqa: BLE001 - whatever happens, the child must not run the zygote's loop
         traceback.print_exc()
