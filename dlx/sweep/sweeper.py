@@ -160,8 +160,9 @@ class Sweep:
 
     # ------------------------------------------------------------------------------------------- loop
     def run(self) -> dict:
-        previous = _sigterm_as_interrupt()
-        try:
+        from dlx.run import sigterm_as_interrupt
+
+        with sigterm_as_interrupt():  # SIGTERM stops the sweep like Ctrl-C, as it stops a run
             self.open()
             left = len(self.todo) if isinstance(self.todo, list) else self.todo
             progress = SweepProgress(total=self.total, done=self.total - left, objective=self.objective,
@@ -185,9 +186,6 @@ class Sweep:
                 progress.close()
             with _signals_ignored():
                 return self.finish(interrupted)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
 
     def _abandon(self, trials: list) -> None:
         """Trials launched but never told (the sweep stopped under them): interrupted, run again on resume."""
@@ -389,19 +387,6 @@ def classify(exc: Any) -> tuple[str, str]:
             or "run KILLED" in text or text.startswith(("KeyboardInterrupt", "Terminated")):
         return "interrupted", text
     return "failed", text
-
-
-def _sigterm_as_interrupt():
-    """SIGTERM stops the sweep like Ctrl-C (dlx.run does the same inside each trial)."""
-    from dlx.run import Terminated
-
-    def handler(signum, frame):
-        raise Terminated()
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return None
 
 
 @contextmanager
