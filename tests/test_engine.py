@@ -1,0 +1,65 @@
+"""The training loop's own bookkeeping: the accuracy it reports is the accuracy of the steps it took."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dlx.build import build
+from dlx.compose import compose
+from dlx.engine import Callback, TrainState, _hits
+
+
+def test_window_hits_match_a_per_step_count():
+    torch.manual_seed(0)
+    window, expected = [], 0.0
+    for lam, n in [(1.0, 8), (0.3, 8), (1.0, 5), (1.0, 8), (0.75, 3)]:
+        logits, y, y_b = torch.randn(n, 4), torch.randint(0, 4, (n,)), torch.randint(0, 4, (n,))
+        window.append((logits, y, y_b if lam < 1 else y, lam))
+        pred = logits.argmax(-1)
+        expected += lam * (pred == y).sum().item() + (1 - lam) * (pred == (y_b if lam < 1 else y)).sum().item()
+    assert _hits(window, on_host=True) == pytest.approx(expected)
+    assert isinstance(_hits(window, on_host=True), float)
+    assert torch.is_tensor(_hits(window, on_host=False))
+    assert float(_hits(window, on_host=False)) == pytest.approx(expected)
+    assert _hits([], on_host=True) == 0
+
+
+class Seen(Callback):
+    def __init__(self):
+        self.logged = []
+
+    def on_step_log(self, trainer, state, metrics):
+        self.logged.append((state.step, metrics["train/acc_step"], metrics["train/loss_step"]))
+
+
+@pytest.mark.parametrize("log_every", [1, 3, 50])
+def test_reported_train_accuracy_is_that_of_the_steps_taken(log_every):
+    """Every step's predictions, recounted from the logits the loss saw, give the per-window and per-epoch
+    accuracies the loop reports, whether or not the windows divide the epoch."""
+    cfg = compose(["tracking=off", "trainer.progress=none", "model.width=32", "trainer.batch_size=128",
+                   f"trainer.log_every_n_steps={log_every}"])
+    built = build(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    trainer = built.trainer
+    steps = []  # (hits, n, loss) per step, from what the loss function was given
+    loss_fn = trainer.loss_fn
+
+    def recording(logits, y):
+        loss = loss_fn(logits, y)
+        steps.append(((logits.argmax(-1) == y).sum().item(), len(y), loss.item()))
+        return loss
+
+    trainer.loss_fn = recording
+    seen = Seen()
+    trainer.callbacks = [seen]
+    state = TrainState()
+    metrics = trainer.train_epoch(state)
+    assert len(steps) == trainer.steps_per_epoch == state.step and trainer.steps_per_epoch % 3 != 0
+    assert metrics["train/acc"] == pytest.approx(sum(h for h, _, _ in steps) / sum(n for _, n, _ in steps))
+    assert metrics["train/loss"] == pytest.approx(sum(loss * n for _, n, loss in steps) / sum(n for _, n, _ in steps))
+    assert [s for s, _, _ in seen.logged] == list(range(log_every, state.step + 1, log_every))
+    for end, acc, loss in seen.logged:
+        window = steps[end - log_every:end]
+        assert acc == pytest.approx(sum(h for h, _, _ in window) / sum(n for _, n, _ in window))
+        assert loss == pytest.approx(sum(v * n for _, n, v in window) / sum(n for _, n, _ in window))
