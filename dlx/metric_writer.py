@@ -13,6 +13,7 @@ not acknowledged itself. Elsewhere (no fork), or with DLX_METRIC_WRITER=thread, 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -87,10 +88,11 @@ class _Writer(threading.Thread):
 class _ProcessWriter:
     """Writes metric batches in a forked child process, in order; `sync` waits until all sent is written.
 
-    The child acknowledges what it has written; until then this process keeps the points. The child exits
-    when told to, or when its pipe closes, after writing everything it received. Should it die, the points
-    it did not acknowledge, and all later ones, go to the store from this process instead: slower, never
-    lost (MLflow ignores a point written twice).
+    The child answers for each batch it tried; until then this process keeps the points, and it writes those
+    the child could not write itself at the next sync or close. The child exits when told to, or when its
+    pipe closes, after writing everything it received. Should it die, the points it did not answer for, and
+    all later ones, go to the store from this process instead: slower, never lost (MLflow ignores a point
+    written twice).
     """
 
     def __init__(self, client, uri: str, run_id: str):
@@ -98,8 +100,8 @@ class _ProcessWriter:
 
         self.client, self.run_id = client, run_id
         self.error: BaseException | None = None
-        self._unacked: list = []  # sent, not yet confirmed written, oldest first
-        self._acked = 0  # points confirmed so far
+        self._unacked: list = []  # sent, not yet answered for, oldest first
+        self._failed: list = []  # answered for as not written: this process writes them at the next sync
         self._conn, child = Pipe()
         # Ctrl-C and a sweep's SIGTERM reach the whole process group: the child ignores them (the training
         # process handles them, then tells the child to finish), and must not receive one before it can
@@ -115,9 +117,12 @@ class _ProcessWriter:
                     for sig in blocked:
                         signal.signal(sig, signal.SIG_IGN)
                     signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+                    # the training process's objects, its uncollected garbage included, are never
+                    # collected here: their finalizers would close files that are not this process's
+                    gc.freeze()
                     self._conn.close()
                     _forget_inherited_connections()  # first: their objects close their own files
-                    _close_inherited_fds(keep={child.fileno()})
+                    _release_inherited_fds(keep={child.fileno()})
                     _writer_process(child, uri, run_id)
                     code = 0
                 finally:
@@ -140,13 +145,15 @@ class _ProcessWriter:
         self.error = _write(self.client, self.run_id, points) or self.error
 
     def _drain_acks(self, until_reply: bool = False):
-        """Read the child's messages: ("written", total points written so far) and, with until_reply, up to
-        its ("reply", error) to a sync or close, which is returned."""
+        """Read the child's messages: ("written", (count, ok)) for each batch it tried, oldest first, and,
+        with until_reply, up to its ("reply", error) to a sync or close, which is returned."""
         while until_reply or self._conn.poll():
             kind, payload = self._conn.recv()
             if kind == "written":
-                del self._unacked[:payload - self._acked]
-                self._acked = payload
+                count, ok = payload
+                if not ok:
+                    self._failed.extend(self._unacked[:count])
+                del self._unacked[:count]
             elif kind == "reply":
                 return payload
         return None
@@ -160,6 +167,12 @@ class _ProcessWriter:
         except (OSError, EOFError, ValueError):
             self._lost(f"waiting for {what}")
             return
+        if self._failed:  # the child could not write them (after its retries): try from this process
+            log.warning("the MLflow writer process could not write %d metric points (%s); writing them from the "
+                        "training process", len(self._failed), error)
+            failed, self._failed = self._failed, []
+            if _write(self.client, self.run_id, failed) is None:
+                return
         if error:
             self.error = RuntimeError(error)
 
@@ -195,18 +208,19 @@ class _ProcessWriter:
         code = self._reap(timeout=5)
         log.warning("the MLflow writer process ended (exit code %s) while %s; metrics are now written by the "
                     "training process", code, doing)
-        if self._unacked:
-            self.error = _write(self.client, self.run_id, self._unacked) or self.error
-            self._unacked = []
+        if self._failed or self._unacked:
+            self.error = _write(self.client, self.run_id, self._failed + self._unacked) or self.error
+            self._failed, self._unacked = [], []
 
 
 def _writer_process(conn, uri: str, run_id: str) -> None:
     """The writer child: receive ("points", [...]), ("sync", None) and ("close", None) until the pipe ends;
-    answer ("written", total) after each write and ("reply", error or None) to sync and close."""
+    answer ("written", (count, ok)) after each attempt to write a batch and ("reply", error or None) to sync
+    and close."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    error, written, pending, last = None, 0, [], 0.0
+    error, pending, last = None, [], 0.0
     while True:
         try:
             kind, payload = conn.recv()
@@ -220,20 +234,23 @@ def _writer_process(conn, uri: str, run_id: str) -> None:
             if conn.poll(max(0.0, wait)):
                 continue
         if pending:
-            error = _write(client, run_id, pending) or error
-            written += len(pending)
+            failure = _write(client, run_id, pending)
+            error = failure or error
+            _answer(conn, "written", (len(pending), failure is None))
             pending, last = [], time.monotonic()
-            _answer(conn, "written", written)
         if kind in ("sync", "close"):
             _answer(conn, "reply", f"{type(error).__name__}: {error}" if error else None)
         if kind in ("close", "gone"):
             return
 
 
-def _close_inherited_fds(keep: set[int]) -> None:
-    """Close what the child inherited and does not use: a sweep worker's pipes to the sweep (whose end
-    tells the sweep that the worker died), its database connections. Kept: stdio, `keep`, and the files
-    of the logging handlers, so that the child can still report a failed write."""
+def _release_inherited_fds(keep: set[int]) -> None:
+    """Let go of what the child inherited and does not use: a sweep worker's pipes to the sweep (whose end
+    tells the sweep that the worker died), its database connections. Each such descriptor is pointed at
+    /dev/null rather than closed: Python objects of the training process still own those numbers, and a
+    number closed here would be handed to the child's own SQLite file, which the finalizer of an inherited
+    file object (a matplotlib font, say) would then close under it ("disk I/O error", metrics lost). Kept:
+    stdio, `keep`, and the files of the logging handlers, so that the child can still report a failed write."""
     keep = set(keep) | {0, 1, 2}
     for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
         for handler in getattr(logger, "handlers", []):
@@ -246,12 +263,16 @@ def _close_inherited_fds(keep: set[int]) -> None:
         fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
     except OSError:
         return
-    for fd in fds:
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in fds:
+            if fd not in keep and fd != null:
+                try:
+                    os.dup2(null, fd, inheritable=False)
+                except OSError:  # the listing's own descriptor, gone by now
+                    pass
+    finally:
+        os.close(null)
 
 
 def _answer(conn, kind: str, payload) -> None:

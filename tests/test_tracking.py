@@ -129,3 +129,54 @@ def test_writer_process_holds_none_of_the_parents_other_files(tmp_path, monkeypa
     finally:
         os.close(read)
         os.close(write)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_writer_process_never_reuses_a_descriptor_number_of_the_parent(tmp_path, monkeypatch):
+    """Objects inherited from the training process (a cached font, a file in uncollected garbage) still own
+    their descriptor numbers in the child; were a number closed and handed to the child's SQLite file, their
+    finalizer would close the store under the writer ("disk I/O error", metrics lost)."""
+    monkeypatch.setenv("DLX_METRIC_WRITER", "process")
+    held = [open(tmp_path / f"held{i}", "w") for i in range(4)]  # noqa: SIM115 - open while the child forks
+    try:
+        uri, artifacts = store(tmp_path)
+        tracker = Tracker(uri=uri, experiment="t", artifact_location=artifacts)
+        run_id = tracker.start(run_name="r", tags={})
+        tracker.log_metrics({"x": 1.0}, step=1)
+        tracker.flush(wait=True)  # the child has opened the store
+        pid = tracker._writer.pid
+        child = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        store_fds = {fd for fd, target in child.items() if target.endswith("mlflow.db")}
+        assert store_fds and not store_fds & {f.fileno() for f in held}, store_fds
+        assert all(child[f.fileno()] == os.devnull for f in held)  # occupied, and by nothing of the parent's
+        tracker.end("FINISHED")
+        assert history(tracker.client, run_id, "x") == [(1, 1.0)]
+    finally:
+        for f in held:
+            f.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the writer is a process on Linux only")
+def test_points_the_writer_process_could_not_write_are_written_by_the_trainer(tmp_path, monkeypatch, caplog):
+    import dlx.metric_writer as mw
+
+    monkeypatch.setenv("DLX_METRIC_WRITER", "process")
+    trainer_pid, write = os.getpid(), mw._write
+
+    def failing_in_the_child(client, run_id, metrics):
+        return write(client, run_id, metrics) if os.getpid() == trainer_pid else RuntimeError("store unreachable")
+
+    monkeypatch.setattr(mw, "_write", failing_in_the_child)
+    uri, artifacts = store(tmp_path)
+    tracker = Tracker(uri=uri, experiment="t", artifact_location=artifacts)
+    run_id = tracker.start(run_name="r", tags={})
+    for step in (1, 2, 3):
+        tracker.log_metrics({"x": float(step)}, step=step)
+        tracker.flush()
+    tracker.flush(wait=True)
+    assert history(tracker.client, run_id, "x") == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    tracker.log_metrics({"x": 4.0}, step=4)
+    tracker.end("FINISHED")
+    assert history(tracker.client, run_id, "x") == [(s, float(s)) for s in (1, 2, 3, 4)]
+    assert "could not write" in caplog.text and "writing them from the training process" in caplog.text
+    assert "dlx.metric_write_error" not in tracker.client.get_run(run_id).data.tags
