@@ -322,12 +322,13 @@ def _prefix(prefix: str, metrics: dict) -> dict:
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
 
 
-def clone_to_cpu(state: Any) -> Any:
-    """A deep copy with every tensor on the CPU (checkpoints load anywhere)."""
+def on_cpu(state: Any) -> Any:
+    """A copy of `state` whose tensors are all on the CPU, for a checkpoint that loads anywhere. Tensors
+    already there are shared, not copied: serialize the result before the next step changes them."""
     if isinstance(state, torch.Tensor):
-        return state.detach().to("cpu", copy=True)
+        return state.detach() if state.device.type == "cpu" else state.detach().to("cpu")
     if isinstance(state, dict):
-        return {k: clone_to_cpu(v) for k, v in state.items()}
+        return {k: on_cpu(v) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
-        return type(state)(clone_to_cpu(v) for v in state)
+        return type(state)(on_cpu(v) for v in state)
     return copy.deepcopy(state)
