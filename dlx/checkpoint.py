@@ -42,14 +42,17 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_checkpoint(trainer: Trainer, state: TrainState, *, config: dict, run_id: str | None) -> dict[str, Any]:
+def make_checkpoint(trainer: Trainer, state: TrainState, *, config: dict, run_id: str | None,
+                    copy: bool = False) -> dict[str, Any]:
+    """The checkpoint of `trainer` and `state` now. Without `copy` it shares the trainer's CPU tensors: save
+    it before the next step. With `copy` it is a snapshot that training no longer changes."""
     return {
         "format": FORMAT_VERSION,
         "epoch": state.epoch,
         "step": state.step,
         "stopped_early": state.stopped_early,
-        "history": state.history,
-        "trainer": on_cpu(trainer.state_dict()),
+        "history": list(state.history),
+        "trainer": on_cpu(trainer.state_dict(), copy=copy),
         "rng": capture_rng(),
         "config": config,
         "run_id": run_id,

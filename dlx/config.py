@@ -281,6 +281,7 @@ class CheckpointConfig:
     every_n_epochs: int = 1
     monitor: str = "val/acc"  # decides which checkpoint is "best"
     mode: Mode = Mode.auto
+    max_overhead: float = 0.05  # share of the run's time writes may take; 0: every due checkpoint at once
 
 
 @dataclass

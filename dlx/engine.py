@@ -8,7 +8,7 @@ are the finiteness check (on CPU every step, where it costs nothing; on CUDA onc
 from __future__ import annotations
 
 import contextlib
-import copy
+import copy as _copy
 import gc
 import math
 import time
@@ -323,13 +323,15 @@ def _prefix(prefix: str, metrics: dict) -> dict:
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
 
 
-def on_cpu(state: Any) -> Any:
+def on_cpu(state: Any, copy: bool = False) -> Any:
     """A copy of `state` whose tensors are all on the CPU, for a checkpoint that loads anywhere. Tensors
-    already there are shared, not copied: serialize the result before the next step changes them."""
+    already there are shared unless `copy`: serialize the result before the next step changes them."""
     if isinstance(state, torch.Tensor):
-        return state.detach() if state.device.type == "cpu" else state.detach().to("cpu")
+        if state.device.type != "cpu":
+            return state.detach().to("cpu")
+        return state.detach().clone() if copy else state.detach()
     if isinstance(state, dict):
-        return {k: on_cpu(v) for k, v in state.items()}
+        return {k: on_cpu(v, copy) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
-        return type(state)(on_cpu(v) for v in state)
-    return copy.deepcopy(state)
+        return type(state)(on_cpu(v, copy) for v in state)
+    return _copy.deepcopy(state)

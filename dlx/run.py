@@ -208,7 +208,7 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
     from dlx.callbacks import CheckpointCallback, TrackingCallback
 
     t, trainer = cfg["trainer"], built.trainer
-    run_id, progress = None, None
+    run_id, progress, checkpoints = None, None, None
     status, error = "FAILED", None
     try:
         run_id = _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint)
@@ -218,8 +218,10 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
         callbacks = [TrackingCallback(tracker)]
         ck = t["checkpoint"]
         if ck["enabled"]:
-            callbacks.append(CheckpointCallback(ckpt_dir, every=ck["every_n_epochs"], monitor=ck["monitor"],
-                                                mode=ck["mode"], config=cfg, run_id=run_id))
+            checkpoints = CheckpointCallback(ckpt_dir, every=ck["every_n_epochs"], monitor=ck["monitor"],
+                                             mode=ck["mode"], config=cfg, run_id=run_id,
+                                             max_overhead=ck.get("max_overhead", 0.0))  # older checkpoints lack it
+            callbacks.append(checkpoints)
         from dlx.console import create_progress
 
         progress = create_progress(t["progress"])
@@ -267,11 +269,24 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
     finally:
         if hasattr(progress, "close"):
             progress.close()
+        _write_pending(checkpoints)
         outcome = {"FINISHED": "ok", "FAILED": "failed"}.get(status, "pruned" if error and error.startswith("pruned")
                                                                   else "killed")
         if tracker.enabled and tracker.run_id:
             tracker.set_tags({"dlx.outcome": outcome})
         _close(tracker, run_dir, status, error)
+
+
+def _write_pending(checkpoints) -> None:
+    """A run that stops early (Ctrl-C, SIGTERM, an error, a pruner) keeps the checkpoint of its last
+    finished epoch, even one that was waiting in memory; a failure to write it is logged, never raised
+    over the error that stopped the run."""
+    if checkpoints is None:
+        return
+    try:
+        checkpoints.flush()
+    except Exception as exc:  # noqa: BLE001
+        log.error("could not write the last checkpoint: %s", exc)
 
 
 def _open_tracker(tcfg: dict):

@@ -71,6 +71,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "trainer.seed": (lambda v: v >= 0, ">= 0"),
     "trainer.log_every_n_steps": (lambda v: v >= 1, ">= 1"),
     "trainer.checkpoint.every_n_epochs": (lambda v: v >= 1, ">= 1"),
+    "trainer.checkpoint.max_overhead": (lambda v: 0 <= v < 1, "in [0, 1) (0 writes every checkpoint at once)"),
     "trainer.device": (lambda v: bool(_DEVICE_RE.match(v)), "auto, cpu, mps, cuda or cuda:N"),
     "trainer.progress": (lambda v: v in _PROGRESS, ", ".join(_PROGRESS)),
     "diagnostics.target": (lambda v: v is None or math.isfinite(v), "null or a finite number"),

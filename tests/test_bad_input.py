@@ -71,6 +71,7 @@ RANGE_CASES = [
     ("trainer.epochs=-1", "trainer.epochs=-1", "allowed >= 0"),
     ("trainer.device=tpu", "trainer.device='tpu' is not valid", "allowed auto, cpu, mps, cuda or cuda:N"),
     ("diagnostics.sharpness.eps=-1", "diagnostics.sharpness.eps=-1.0", "allowed >= 0"),
+    ("trainer.checkpoint.max_overhead=1", "trainer.checkpoint.max_overhead=1.0", "allowed in [0, 1)"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Checkpoint files: written once, linked under a second name, replaced atomically."""
+"""Checkpoint files: written once, linked under a second name, replaced atomically; within a budget of the
+run's time, with what waits in memory written at the end or when the run stops."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from dlx.build import build
+from dlx.callbacks import CheckpointCallback
 from dlx.checkpoint import load_checkpoint, save_checkpoint
-from dlx.engine import on_cpu
+from dlx.compose import compose
+from dlx.engine import Callback, on_cpu
 
 
 def test_one_serialization_two_names_then_independent_files(tmp_path: Path):
@@ -56,3 +61,69 @@ def test_on_cpu_shares_cpu_tensors_and_copies_the_rest():
     moved = on_cpu(state)
     assert moved["a"].data_ptr() == t.data_ptr() and not moved["a"].requires_grad
     assert moved["b"][1] == 1 and moved["c"] == (2.0, {"d": "x"}) and moved["c"][1] is not state["c"][1]
+    snapshot = on_cpu(state, copy=True)
+    assert snapshot["a"].data_ptr() != t.data_ptr() and torch.equal(snapshot["a"], t)
+
+
+class Spy(Callback):
+    """After the checkpoint callback: what last.pt and best.pt hold at each epoch end, and the weights."""
+
+    def __init__(self, directory: Path):
+        self.directory, self.seen, self.weights = directory, [], {}
+
+    def on_epoch_end(self, trainer, state, metrics):
+        epochs = {name: load_checkpoint(self.directory / name)["epoch"] if (self.directory / name).exists() else None
+                  for name in ("last.pt", "best.pt")}
+        self.seen.append((state.epoch, epochs["last.pt"], epochs["best.pt"]))
+        self.weights[state.epoch] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def fit_with_checkpoints(tmp_path: Path, max_overhead: float, epochs: int = 6, stop_at: int | None = None):
+    cfg = OmegaConf.to_container(compose(["tracking=off", "trainer.progress=none", "model.width=16",
+                                          f"trainer.epochs={epochs}"]), resolve=True, enum_to_str=True)
+    built = build(cfg)
+    checkpoints = CheckpointCallback(tmp_path, every=1, monitor="val/loss", mode="min", config=cfg, run_id=None,
+                                     max_overhead=max_overhead)
+    spy = Spy(tmp_path)
+
+    class Stop(Callback):
+        def on_epoch_end(self, trainer, state, metrics):
+            if state.epoch == stop_at:
+                raise KeyboardInterrupt
+
+    built.trainer.callbacks = [checkpoints, spy, Stop()]
+    try:
+        state = built.trainer.fit()
+    except KeyboardInterrupt:
+        state = None
+    return checkpoints, spy, state
+
+
+def test_without_a_budget_every_epoch_is_written_at_its_end(tmp_path: Path):
+    _, spy, state = fit_with_checkpoints(tmp_path, max_overhead=0.0)
+    assert [(e, last) for e, last, _ in spy.seen] == [(e, e) for e in range(1, 7)]
+    best_epoch = min(range(1, 7), key=lambda e: (state.history[e - 1]["val/loss"], e))
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == best_epoch
+
+
+def test_checkpoints_due_within_the_budget_wait_in_memory_and_the_last_epoch_is_written(tmp_path: Path):
+    checkpoints, spy, state = fit_with_checkpoints(tmp_path, max_overhead=1e-9)  # after the first write: wait
+    assert [last for _, last, _ in spy.seen] == [1, 1, 1, 1, 1, 6]
+    assert checkpoints.pending == {}
+    best_epoch = min(range(1, 7), key=lambda e: (state.history[e - 1]["val/loss"], e))
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == best_epoch  # the waiting copy, not the weights of a later epoch
+    for key, value in spy.weights[best_epoch].items():
+        torch.testing.assert_close(best["trainer"]["model"][key], value, rtol=0, atol=0)
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert [h["epoch"] for h in last["history"]] == list(range(1, 7))
+
+
+def test_a_stopped_run_writes_the_checkpoint_that_waited(tmp_path: Path):
+    checkpoints, spy, _ = fit_with_checkpoints(tmp_path, max_overhead=1e-9, epochs=50, stop_at=3)
+    assert [last for _, last, _ in spy.seen] == [1, 1, 1]
+    checkpoints.flush()  # what a run does on Ctrl-C, SIGTERM or an error
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["epoch"] == 3 and [h["epoch"] for h in last["history"]] == [1, 2, 3]
+    for key, value in spy.weights[3].items():
+        torch.testing.assert_close(last["trainer"]["model"][key], value, rtol=0, atol=0)

@@ -179,7 +179,10 @@ def test_resume_from_checkpoint_path_extends_epochs_but_keeps_the_configuration(
 
 
 def test_sigterm_marks_run_killed_and_keeps_last_checkpoint(workdir: Path):
-    proc = start_dlx(["train", *DETERMINISTIC, "trainer.epochs=200"], workdir)
+    # a budget that keeps every checkpoint after the first in memory: the one of epoch 2 or later is
+    # written by the KILLED path
+    proc = start_dlx(["train", *DETERMINISTIC, "trainer.epochs=200", "trainer.checkpoint.max_overhead=1e-9"],
+                     workdir)
     try:
         wait_for_line(proc, "epoch 2/200")
         proc.send_signal(signal.SIGTERM)
