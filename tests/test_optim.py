@@ -12,6 +12,16 @@ LRS = {"adadelta": 1.0, "adagrad": 0.05, "adam": 0.01, "adamw": 0.01, "momentum"
        "rmsprop": 0.005, "sgd": 0.05}
 
 
+def step_in_lockstep(*pairs: tuple[nn.Module, torch.optim.Optimizer], steps: int) -> None:
+    """`steps` optimizer steps of each (model, optimizer) on the same batch and loss."""
+    x = torch.randn(16, 8)
+    for _ in range(steps):
+        for model, opt in pairs:
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+
+
 def make_mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 16), nn.BatchNorm1d(16),
@@ -196,12 +206,7 @@ def test_without_weight_decay_one_group_steps_exactly_as_two():
     assert {id(p) for p in decayed_params(opt)} == {id(p) for n, p in model.named_parameters() if n in decay}
     ref = torch.optim.Adam([{"params": [p for p in twin.parameters() if p.ndim >= 2]},
                             {"params": [p for p in twin.parameters() if p.ndim < 2]}], lr=1e-2, fused=True)
-    x = torch.randn(16, 8)
-    for _ in range(3):
-        for m, o in ((model, opt), (twin, ref)):
-            o.zero_grad()
-            m(x).pow(2).mean().backward()
-            o.step()
+    step_in_lockstep((model, opt), (twin, ref), steps=3)
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -221,11 +226,6 @@ def test_fused_update_is_the_multi_tensor_update(name):
                     {"params": [p for p in twin.parameters() if p.ndim < 2], "weight_decay": 0.0}],
                    lr=LRS[name], foreach=True, **info.defaults, **info.fixed)
     assert opt.defaults["fused"] is True
-    x = torch.randn(16, 8)
-    for _ in range(5):
-        for m, o in ((model, opt), (twin, ref)):
-            o.zero_grad()
-            m(x).pow(2).mean().backward()
-            o.step()
+    step_in_lockstep((model, opt), (twin, ref), steps=5)
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
