@@ -310,7 +310,7 @@ def init_plots(client, report, out: Path) -> tuple[list[Path], list[str]]:
 
 def _checkpoint(client, run) -> Path | None:
     """The run's last.pt; None (the figure is skipped, the report goes on) when it has none."""
-    from dlx.run import last_checkpoint_of
+    from dlx.resume import last_checkpoint_of
 
     return last_checkpoint_of(client.get_run(run.run_id), client.tracking_uri)
 
