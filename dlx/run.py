@@ -126,7 +126,7 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
     from dlx.callbacks import CheckpointCallback, TrackingCallback
 
     t, trainer = cfg["trainer"], built.trainer
-    run_id, progress, checkpoints = None, None, None
+    run_id, progress, checkpoints, final = None, None, None, None
     status, error = "FAILED", None
     try:
         run_id = _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint)
@@ -167,7 +167,6 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
             progress.close()
         final = _finish(trainer, state, tracker, run_dir, diagnostics)
         status = "FINISHED"
-        _print_summary(final, tracker, status)
         return final
     except Pruned as exc:
         status, error = "KILLED", f"pruned: {exc}"
@@ -188,11 +187,9 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
         if hasattr(progress, "close"):
             progress.close()
         _write_pending(checkpoints)
-        outcome = {"FINISHED": "ok", "FAILED": "failed"}.get(status, "pruned" if error and error.startswith("pruned")
-                                                                  else "killed")
-        if tracker.enabled and tracker.run_id:
-            tracker.set_tags({"dlx.outcome": outcome})
         _close(tracker, run_dir, status, error)
+        if status == "FINISHED":  # only once the run is closed in the store: the summary says it is
+            _print_summary(final, tracker, status)
 
 
 def _write_pending(checkpoints) -> None:
@@ -208,11 +205,19 @@ def _write_pending(checkpoints) -> None:
 
 
 def _open_tracker(tcfg: dict):
-    from dlx.tracking import NullTracker, Tracker
+    from dlx.tracking import NullTracker, StoreUnavailable, Tracker, store_patience
 
     if not tcfg["enabled"]:
         return NullTracker()
-    return Tracker(uri=tcfg["uri"], experiment=tcfg["experiment"], artifact_location=tcfg["artifact_location"])
+    try:
+        store_patience()
+    except StoreUnavailable as exc:  # a malformed DLX_STORE_PATIENCE
+        raise RunError(str(exc), 2) from None
+    try:  # the spool sits in the run's folder, beside its log
+        return Tracker(uri=tcfg["uri"], experiment=tcfg["experiment"], artifact_location=tcfg["artifact_location"],
+                       spool_dir=hydra_runtime()[0])
+    except StoreUnavailable as exc:
+        raise RunError(f"error: {exc}", 1) from None
 
 
 def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint) -> str | None:
@@ -276,21 +281,35 @@ def _finish(trainer, state, tracker, run_dir: Path, diagnostics=None) -> dict:
 
 
 def _close(tracker, run_dir: Path, status: str, error: str | None) -> None:
-    """Upload what is not in the store yet, drain the metrics, and set the run's final status."""
+    """Tag the outcome, upload what is not in the store yet, drain the metrics, and set the run's final status.
+
+    When the store does not take it all within the patience, the rest is in the run's spool: that is the error
+    of the run (exit 1), unless another error already ends it, whose exit code then stands."""
+    from dlx.tracking import StoreUnavailable
+
     if not tracker.enabled or tracker.run_id is None:
         return
+    in_flight = sys.exc_info()[1]  # called from a finally: the exception that is ending the run, if any
     try:
-        ckpt_dir = run_dir / "checkpoints"
-        if ckpt_dir.is_dir():  # remote artifact store: checkpoints were written locally
-            for f in sorted(ckpt_dir.glob("*.pt")):
-                tracker.log_artifact(f, "checkpoints")
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.flush()
-        for logfile in run_dir.glob("*.log"):
-            tracker.log_artifact(logfile, "logs")
-    finally:
-        tracker.end(status, error)
+        try:
+            outcome = {"FINISHED": "ok", "FAILED": "failed"}.get(
+                status, "pruned" if error and error.startswith("pruned") else "killed")
+            tracker.set_tags({"dlx.outcome": outcome})
+            ckpt_dir = run_dir / "checkpoints"
+            if ckpt_dir.is_dir():  # remote artifact store: checkpoints were written locally
+                for f in sorted(ckpt_dir.glob("*.pt")):
+                    tracker.log_artifact(f, "checkpoints")
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.FileHandler):
+                    handler.flush()
+            for logfile in run_dir.glob("*.log"):
+                tracker.log_artifact(logfile, "logs")
+        finally:
+            tracker.end(status, error)
+    except StoreUnavailable as exc:
+        if in_flight is None:
+            raise RunError(f"error: {exc}", 1) from None
+        print(f"dlx: error: {exc}", file=sys.stderr)
 
 
 def _print_summary(final: dict, tracker, status: str) -> None:

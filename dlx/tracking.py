@@ -1,25 +1,78 @@
 """MLflow run lifecycle: the store, flattened params, tags, buffered metrics and artifacts.
 
-Metric points are buffered in memory and handed, at least once per epoch and on every exit path, to
-the writer of dlx.metric_writer (a forked process on Linux, else a thread), which calls `log_batch` off
-the training loop's GIL and never drops a point it was handed.
+Metric points are buffered in memory and handed, at least once per epoch and on every exit path, to the
+writer of dlx.metric_writer, which journals them in the run's spool (dlx.spool) and writes them to the store.
+Every call to the store waits out a store that is busy or down for up to the patience (DLX_STORE_PATIENCE,
+STORE_PATIENCE_S by default); after that the run goes on and what the store did not take stays in the
+spool, to be replayed the next time dlx opens that store or by `dlx sync`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import shutil
+import sqlite3
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow's own HTTP retries (7 with backoff, 120 s timeout) kept a run whose server died waiting for minutes
+# in each call; dlx retries with its own patience instead, and spools what the server does not take
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 log = logging.getLogger(__name__)
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limits
 MAX_PARAM_LENGTH = 6000
+STORE_PATIENCE_S = 60.0  # how long a busy or unreachable store is waited for: a 40 s lock is waited out
+PATIENCE_ENV = "DLX_STORE_PATIENCE"
+# MLflow's error codes for a store that may answer later (a locked SQLite file, a server that is down)
+TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"}
+
+
+class StoreUnavailable(RuntimeError):
+    """The store did not take what the run had for it within the patience: it is kept in the spool."""
+
+
+def store_patience() -> float:
+    value = os.environ.get(PATIENCE_ENV)
+    if value is None:
+        return STORE_PATIENCE_S
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise StoreUnavailable(f"{PATIENCE_ENV}={value!r} is not valid: allowed a number of seconds "
+                               f"(default {STORE_PATIENCE_S:g})") from None
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed store call may succeed later; anything else is a mistake to report, not retry."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return exc.error_code in TRANSIENT_CODES
+    return isinstance(exc, OSError)
+
+
+def patiently(call, patience: float):
+    """call(), retried with backoff while it fails transiently, until `patience` seconds have passed."""
+    deadline, delay = time.monotonic() + patience, 0.2
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 def default_store(root: str | os.PathLike = "outputs") -> tuple[str, str]:
@@ -62,83 +115,200 @@ def local_path(uri: str) -> Path | None:
     return None
 
 
-def open_store(uri: str, experiment: str, artifact_location: str | None = None):
-    """Create the store's schema and the experiment if needed; returns (client, experiment_id).
+def sqlite_file(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?")[0])
 
-    Several processes may race to create the same experiment: the loser reads the winner's.
-    """
+
+@contextmanager
+def store_lock(db: Path):
+    """An exclusive flock on `<db>.lock` beside the SQLite file, across processes: MLflow creates and
+    migrates the schema in the first client call, and two processes doing that at once left the store
+    unusable (alembic errors, `_alembic_tmp_*` tables: 7 of 8 processes started together failed)."""
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _repair(db: Path) -> None:
+    """Finish or undo what a migration cut short: alembic's batch mode copies table X into _alembic_tmp_X,
+    drops X and renames the copy. A copy beside its table is dropped; a copy whose table is gone is the
+    table. Runs under store_lock."""
+    if not db.is_file():
+        return
+    con = sqlite3.connect(db, timeout=60, isolation_level=None)
+    try:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for tmp in sorted(n for n in names if n.startswith("_alembic_tmp_")):
+            table = tmp[len("_alembic_tmp_"):]
+            log.warning("the MLflow store %s holds %s, left by a schema migration that was cut short: %s", db,
+                        tmp, "dropping the partial copy" if table in names else f"renaming it back to {table}")
+            con.execute(f'DROP TABLE "{tmp}"' if table in names else f'ALTER TABLE "{tmp}" RENAME TO "{table}"')
+    finally:
+        con.close()
+
+
+def _upgrade(uri: str, db: Path, cause: Exception) -> None:
+    """Bring a store whose schema is behind to the current one with MLflow's own `mlflow db upgrade`, after
+    copying the file aside; raises StoreUnavailable with where the copy is when that fails."""
+    backup = db.with_name(f"{db.name}.backup-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.copy2(db, backup)
+    log.warning("the MLflow store %s could not be opened (%s); upgrading its schema (a copy is kept at %s)",
+                db, str(cause).splitlines()[0][:200], backup)
+    done = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise StoreUnavailable(f"the MLflow store {db} cannot be opened and `mlflow db upgrade` failed ({last}); "
+                               f"its runs are untouched in {backup}") from cause
+
+
+def open_client(uri: str):
+    """An MlflowClient on `uri` whose schema exists and is current. For SQLite, creating or checking the
+    schema happens under store_lock, after repairing what an interrupted migration left."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    # after the import: mlflow sets its own loggers up when imported
+    # after the import: mlflow sets its own loggers up when imported. Its SQL error log repeats every
+    # failed call with a full traceback (~1,600 lines for one run on a locked store): dlx reports them itself
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    db = sqlite_file(uri)
+    if db is None:
+        return MlflowClient(tracking_uri=uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with store_lock(db):
+        _repair(db)
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            client.search_experiments(max_results=1)  # MLflow creates or checks the schema here
+        except MlflowException as exc:
+            if not db.is_file() or transient(exc):
+                raise
+            _upgrade(uri, db, exc)
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+    return client
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
+
+def open_store(uri: str, experiment: str, artifact_location: str | None = None):
+    """Create the store's schema and the experiment if needed, and replay the spools of runs that could not
+    reach this store before; returns (client, experiment_id).
+
+    Several processes may race to create the same experiment: the loser reads the winner's.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from dlx.spool import replay_pending
+    from dlx.store_check import safe_dirname
+
+    client = open_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        location = f"{artifact_location.rstrip('/')}/{experiment}" if artifact_location else None
+        location = f"{artifact_location.rstrip('/')}/{safe_dirname(experiment)}" if artifact_location else None
         try:
-            return client, client.create_experiment(experiment, artifact_location=location)
+            experiment_id = client.create_experiment(experiment, artifact_location=location)
         except MlflowException:
             exp = client.get_experiment_by_name(experiment)
             if exp is None:
                 raise
-    if exp.lifecycle_stage == "deleted":
-        client.restore_experiment(exp.experiment_id)
-    return client, exp.experiment_id
+    if exp is not None:
+        experiment_id = exp.experiment_id
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment_id)
+    replay_pending(uri, client)
+    return client, experiment_id
 
 
 class Tracker:
-    """One MLflow run. Use `start` (new run) or `resume` (existing run), then `end`."""
+    """One MLflow run. Use `start` (new run) or `resume` (existing run), then `end`.
+
+    The run's spool lives in `spool_dir` (the run's folder); what the store does not take within the
+    patience is kept there, and `end` raises StoreUnavailable saying so."""
 
     enabled = True
 
-    def __init__(self, *, uri: str | None = None, experiment: str = "dlx", artifact_location: str | None = None):
+    def __init__(self, *, uri: str | None = None, experiment: str = "dlx", artifact_location: str | None = None,
+                 spool_dir: str | os.PathLike | None = None):
         self.uri, self.artifact_location = resolve_uri(uri, artifact_location)
+        self.patience = store_patience()
         self.client, self.experiment_id = open_store(self.uri, experiment, self.artifact_location)
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else Path("outputs") / "spool"
         self.run_id: str | None = None
+        self._artifact_uri: str | None = None
         self._buffer: list = []
         self._writer = None  # dlx.metric_writer's, once a run is attached
+        self._spool = None
+        self.down: BaseException | None = None  # what the store answered when it ran out of patience
 
     def start(self, *, run_name: str | None, tags: dict[str, str], parent_run_id: str | None = None) -> str:
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self._attach(run.info.run_id)
+        run = patiently(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags),
+                        self.patience)
+        self._attach(run.info.run_id, run.info.artifact_uri)
         return self.run_id
 
     def resume(self, run_id: str) -> str:
-        self.client.update_run(run_id, status="RUNNING")
-        self._attach(run_id)
+        patiently(lambda: self.client.update_run(run_id, status="RUNNING"), self.patience)
+        self._attach(run_id, patiently(lambda: self.client.get_run(run_id).info.artifact_uri, self.patience))
         return run_id
 
-    def _attach(self, run_id: str) -> None:
-        self.run_id = run_id
-        from dlx.metric_writer import make_writer
+    def _attach(self, run_id: str, artifact_uri: str) -> None:
+        from dlx.metric_writer import MetricWriter
+        from dlx.spool import SUFFIX, Spool
 
-        self._writer = make_writer(self.client, self.uri, run_id)
+        self.run_id, self._artifact_uri = run_id, artifact_uri
+        self._spool = Spool(self.spool_dir / f"metrics-{run_id}{SUFFIX}", self.uri, run_id)
+        self._writer = MetricWriter(self.client, run_id, self._spool)
 
     @property
     def artifact_uri(self) -> str:
-        return self.client.get_run(self.run_id).info.artifact_uri
+        return self._artifact_uri
+
+    @property
+    def spool_path(self) -> Path | None:
+        return self._spool.path if self._spool is not None else None
 
     def local_artifact_dir(self) -> Path | None:
         return local_path(self.artifact_uri)
 
+    def _attempt(self, call) -> bool:
+        """call() with patience; on a store that stays unavailable mark it down and return False (the caller
+        spools what it had); once down, the rest of the run goes to the spool without waiting again."""
+        if self.down is not None:
+            return False
+        try:
+            patiently(call, self.patience)
+            return True
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            self.down = exc
+            if self._writer is not None:
+                self._writer.pause()
+            log.error("the tracking store did not answer within %g s (%s); the rest of run %s is kept in %s",
+                      self.patience, str(exc).splitlines()[0][:300], self.run_id, self.spool_path)
+            return False
+
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        values = {k: _param_value(v) for k, v in params.items()}
+        items = [Param(k, v) for k, v in values.items()]
         for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
+            chunk = items[start:start + MAX_PARAMS_PER_BATCH]
+            if not self._attempt(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk)):
+                self._spool.record("p", {p.key: p.value for p in chunk})
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        values = {k: str(v)[:5000] for k, v in tags.items()}
+        items = [RunTag(k, v) for k, v in values.items()]
+        if not self._attempt(lambda: self.client.log_batch(self.run_id, tags=items)):
+            self._spool.record("t", values)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffer the points as (key, value, timestamp ms, step); they reach the store at the next `flush`."""
@@ -146,30 +316,42 @@ class Tracker:
         self._buffer.extend((k, float(v), now, step) for k, v in metrics.items())
 
     def flush(self, wait: bool = False) -> None:
-        """Hand the buffer to the writer; with wait=True return once it is in the store."""
+        """Hand the buffer to the writer (journaled at once); with wait=True return once it is in the store,
+        or once the store has run out of patience."""
         if self._writer is None:
             return
         if self._buffer:
             self._writer.put(self._buffer)
             self._buffer = []
         if wait:
-            self._writer.sync()
+            self._attempt(self._writer.sync_once)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        path = str(Path(path).resolve())
+        if not self._attempt(lambda: self.client.log_artifact(self.run_id, path, artifact_path)):
+            self._spool.record("f", [path, artifact_path])
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
-        """Drain every buffered point, tag the error if any, then close the run with `status`."""
+        """Drain every buffered point, tag the error if any, then close the run with `status`. When the store
+        does not take all of it within the patience, keep the rest in the spool and raise StoreUnavailable."""
         if self._writer is None:
             return
-        self.flush()
-        self._writer.close()
+        self.flush(wait=True)
         if error:
             self.set_tags({"dlx.error": error})
-        if self._writer.error is not None:
-            self.set_tags({"dlx.metric_write_error": str(self._writer.error)})
-        self.client.set_terminated(self.run_id, status=status)
+        if not self._attempt(lambda: self.client.set_terminated(self.run_id, status=status)):
+            self._spool.record("s", status)
+        writer, spool = self._writer, self._spool
+        writer.close()
         self._writer = None
+        if self.down is None:
+            spool.close(keep=False)
+            return
+        spool.close(keep=True)
+        raise StoreUnavailable(
+            f"the tracking store {self.uri} did not answer within {self.patience:g} s "
+            f"({_first_line(self.down)}): the run's {len(writer.pending)} metric points and its status "
+            f"{status} are kept in {spool.path}; dlx sync replays them")
 
 
 class NullTracker:
@@ -199,6 +381,11 @@ class NullTracker:
     def log_artifact(self, path, artifact_path=None) -> None: ...
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None: ...
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def _param_value(v: Any) -> str:

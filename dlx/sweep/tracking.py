@@ -26,9 +26,9 @@ def store_of(tracking: DictConfig | dict) -> tuple[str, str | None]:
 
 
 def trial_client(cfg: DictConfig):
-    from mlflow import MlflowClient
+    from dlx.tracking import open_client  # the schema check under the store's lock
 
-    return MlflowClient(tracking_uri=store_of(cfg.tracking)[0])
+    return open_client(store_of(cfg.tracking)[0])
 
 
 def find_trial_run(client, cfg: DictConfig):
