@@ -24,6 +24,7 @@ from dlx.compose import check_config
 from dlx.config import ConfigError
 from dlx.errors import Pruned, RunError, Terminated  # noqa: F401 - re-exported: dlx.run.RunError
 from dlx.resume import find_checkpoint, resumed_config
+from dlx.store_check import probe as probe_store
 
 log = logging.getLogger("dlx")
 
@@ -92,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the final metrics. Raises RunError with the exit code on failure."""
     try:
         check_config(cfg)
+        probe_store(cfg.tracking)  # seconds, not minutes of retries, before any data loads
     except ConfigError as exc:
         raise RunError(str(exc), 2) from None
     run_dir, overrides, choices = hydra_runtime()
@@ -221,6 +223,7 @@ def _open_tracker(tcfg: dict):
 
 
 def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint) -> str | None:
+    from dlx.redact import redact
     from dlx.tracking import flatten
 
     if checkpoint is not None and checkpoint.get("run_id") and tracker.enabled:
@@ -229,16 +232,17 @@ def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint) -> 
         return run_id
     m, o, d = cfg["model"]["name"], cfg["optimizer"]["name"], cfg["dataset"]["name"]
     name = cfg["tracking"]["run_name"] or f"{m}-{o}-{d}-s{cfg['trainer']['seed']}"
-    tags = {**runtime_tags(built.device), **git_info(), **{f"dlx.choice.{g}": c for g, c in choices.items()},
-            "dlx.overrides": " ".join(overrides), **cfg["tracking"]["tags"]}
+    tags = redact({**runtime_tags(built.device), **git_info(),
+                   **{f"dlx.choice.{g}": c for g, c in choices.items()},
+                   "dlx.overrides": " ".join(overrides), **cfg["tracking"]["tags"]})
     run_id = tracker.start(run_name=name, tags=tags, parent_run_id=cfg["tracking"].get("parent_run_id"))
     if run_id:
-        params = flatten(cfg)
+        params = redact(flatten(cfg))
         params.update({"model.num_params": built.num_params, "data.n_train": len(built.data.x_train),
                        "data.n_val": len(built.data.x_val), "data.n_test": len(built.data.x_test)})
         tracker.log_params(params)
         config_path = run_dir / "config.yaml"
-        config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+        config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(redact(cfg))))
         tracker.log_artifact(config_path)
     log.info("run %s%s: %s params, %d train / %d val / %d test samples on %s", name,
              f" ({run_id})" if run_id else "", f"{built.num_params:,}", len(built.data.x_train),

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dlx.config import ConfigError
+from dlx.store_check import problems as store_problems
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 _PROGRESS = ("auto", "bar", "plain", "none")
@@ -111,6 +112,7 @@ def validate(cfg: DictConfig) -> None:
         problems.append("regularization.early_stopping needs a validation split: dataset.val_fraction must be > 0")
     problems += _combination_problems(cfg)
     problems += _device_problems(cfg)
+    problems += store_problems(cfg.tracking) if "tracking" in cfg else []  # address and experiment name
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

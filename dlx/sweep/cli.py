@@ -129,6 +129,7 @@ def prepare(overrides: list[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from dlx.config import ConfigError
+    from dlx.store_check import probe as probe_store
     from dlx.sweep.settings import SweepSettings, resolve_method
     from dlx.sweep.space import check_values, parse_space
 
@@ -152,6 +153,7 @@ def prepare(overrides: list[str]) -> list[str]:
         raise ConfigError(f"hydra.sweeper.objective={settings.objective} needs a validation split: "
                           f"dataset.val_fraction must be > 0")
     compose_all(check_values(space))
+    probe_store(cfg.tracking)  # before any trial or parent run: seconds, not minutes of MLflow's retries
     return argv
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from dlx.redact import redact
+
 TRIAL_TAG = "trial"
 
 
@@ -65,8 +67,9 @@ class ParentRun:
             resumes = int(client.get_run(run_id).data.tags.get("dlx.sweep.resumed", "0")) + 1
             client.set_tag(run_id, "dlx.sweep.resumed", str(resumes))
             return cls(client, experiment_id, run_id)
-        run = client.create_run(experiment_id, run_name=name, tags={k: str(v)[:5000] for k, v in tags.items()})
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        tags = {k: str(v)[:5000] for k, v in redact(tags).items()}
+        run = client.create_run(experiment_id, run_name=name, tags=tags)
+        items = [Param(k, str(v)[:6000]) for k, v in redact(params).items()]
         for start in range(0, len(items), 100):
             client.log_batch(run.info.run_id, params=items[start:start + 100])
         return cls(client, experiment_id, run.info.run_id)
@@ -74,7 +77,7 @@ class ParentRun:
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in redact(tags).items()])
 
     def children(self) -> dict[int, Any]:
         """Trial number -> its run (the latest, should a number appear twice)."""
