@@ -187,13 +187,32 @@ def cmd_ui(args: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="dlx ui", description="Open the MLflow UI on the tracking store.")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: only this machine)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: only this machine; another "
+                   "address needs --expose)")
+    p.add_argument("--expose", action="store_true", help="allow a --host beyond this machine, e.g. 0.0.0.0: "
+                   "whoever reaches the port can read and change every run")
+    p.add_argument("--auth", action="store_true", help="MLflow's basic-auth login (mlflow ui --app-name "
+                   "basic-auth; needs mlflow[auth]; set MLFLOW_AUTH_ADMIN_PASSWORD on the first start)")
+    p.add_argument("--allowed-hosts", default=None, help="Host headers the server answers, comma-separated "
+                   "(passed to mlflow ui; MLflow's default: localhost and private addresses)")
     p.add_argument("--workers", type=int, default=1, help="server worker processes")
     p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or outputs/mlflow.db)")
     ns = p.parse_args(args)
-    from dlx.runs import ui_command
+    from dlx.config import ConfigError
+    from dlx.runs import exposure_warning, ui_command
 
-    cmd = ui_command(uri=ns.uri, host=ns.host, port=ns.port, workers=ns.workers)
+    try:
+        cmd = ui_command(uri=ns.uri, host=ns.host, port=ns.port, workers=ns.workers, expose=ns.expose,
+                         auth=ns.auth, allowed_hosts=ns.allowed_hosts)
+    except ConfigError as exc:
+        return error(str(exc), 2)
+    if ns.auth and not os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        import secrets  # the basic-auth app's CSRF key; its workers inherit this one
+
+        os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_hex(32)
+    warning = exposure_warning(ns.host, ns.port, ns.auth)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     print(f"MLflow UI at http://{ns.host}:{ns.port}  (Ctrl-C stops it)", flush=True)
     os.execvp(cmd[0], cmd)
     return 0  # not reached

@@ -57,14 +57,62 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def ui_command(*, uri: str | None, host: str, port: int, workers: int = 1) -> list[str]:
-    """The `mlflow ui` command line for the store; the default store serves outputs/mlartifacts.
+# addresses that serve this machine only; anything else needs --expose
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def ui_command(*, uri: str | None, host: str, port: int, workers: int = 1, expose: bool = False,
+               auth: bool = False, allowed_hosts: str | None = None) -> list[str]:
+    """The `mlflow ui` command line for the store; the default store serves outputs/mlartifacts.
+    Raises ConfigError for a host beyond loopback without `expose`, or `auth` without what it needs.
+
+    The UI reads and changes every run (search, tags, deletes) without a login: on 127.0.0.1 only this
+    machine's users reach it. `auth` runs MLflow's own basic-auth app (`--app-name basic-auth`), which
+    needs the Flask-WTF package and a static secret key (MLFLOW_FLASK_SERVER_SECRET_KEY).
     One server worker: MLflow's default of 4 took 36-47 s to answer on 2 cores, one about 12 s.
     """
+    from dlx.config import ConfigError
+
+    if not is_loopback(host) and not expose:
+        raise ConfigError(f"--host {host}: serving the store beyond this machine needs --expose (whoever reaches "
+                          f"the port can read and change every run; --auth adds MLflow's login): allowed without "
+                          f"--expose: {', '.join(LOOPBACK_HOSTS)}")
+    if auth:
+        from importlib.util import find_spec
+
+        if find_spec("flask_wtf") is None:
+            raise ConfigError("--auth: MLflow's basic-auth app needs the Flask-WTF package, which is not "
+                              "installed: pip install 'mlflow[auth]'")
     uri, artifacts = resolve_uri(uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", str(workers)]
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
+    if auth:
+        cmd += ["--app-name", "basic-auth"]
+    if allowed_hosts:
+        cmd += ["--allowed-hosts", allowed_hosts]
     return cmd
+
+
+def exposure_warning(host: str, port: int, auth: bool) -> str | None:
+    """What `dlx ui` says before serving beyond loopback; None on loopback."""
+    if is_loopback(host):
+        return None
+    if auth:
+        return (f"dlx ui: warning: serving the store to the network on {host}:{port}, behind MLflow's basic-auth "
+                f"login (first start: set MLFLOW_AUTH_ADMIN_PASSWORD)")
+    return (f"dlx ui: warning: serving the store to the network on {host}:{port} WITHOUT a login: whoever reaches "
+            f"it can read, tag and delete every run (add --auth for MLflow's basic-auth login, --allowed-hosts to "
+            f"limit the Host names it answers)")
