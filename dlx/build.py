@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlx.config import TrainerConfig
 from dlx.data import DataSplits, create_augmentation, create_dataset
-from dlx.engine import EarlyStopping, FitOptions, Trainer, metric_mode
+from dlx.engine import EarlyStopping, FitOptions, Trainer, metric_mode, smallest_train_batch, train_batches
 from dlx.losses import create_loss
 from dlx.models import create_model
 from dlx.optim import create_optimizer
@@ -72,7 +73,7 @@ def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
     s = dict(cfg["scheduler"])
     if s.get("mode") == "auto":  # as for early stopping: max for accuracies, min for losses
         s["mode"] = metric_mode(s["monitor"])
-    steps_per_epoch = max(1, -(-len(data.x_train) // t["batch_size"]))
+    steps_per_epoch = len(train_batches(len(data.x_train), t["batch_size"], smallest_train_batch(model)))
     schedule = create_scheduler(s.pop("name"), optimizer, steps_per_epoch=steps_per_epoch,
                                 epochs=max(1, t["epochs"]), **s)
 
@@ -86,6 +87,8 @@ def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
         epochs=t["epochs"], batch_size=t["batch_size"], eval_batch_size=t["eval_batch_size"],
         log_every_n_steps=t["log_every_n_steps"], l1=r["l1"], l2=r["l2"], input_noise=r["input_noise"],
         clip_type=r["grad_clip"]["type"], clip_threshold=r["grad_clip"]["threshold"], amp=t["amp"],
+        # a checkpoint written before the key existed resumes with the schema's default
+        divergence_factor=t.get("divergence_factor", TrainerConfig.divergence_factor),
     )
     trainer = Trainer(
         model=model, optimizer=optimizer, schedule=schedule, data=data, options=options, augment=augment,

@@ -2,7 +2,8 @@
 
 Everything the loop touches per step lives on the training device; the only reads back to the host
 are the finiteness check (on CPU every step, where it costs nothing; on CUDA once per log window, since
-`.item()` is a device sync) and the metric reads every `log_every_n_steps` and at the end of an epoch.
+`.item()` is a device sync) and the metric reads every `log_every_n_steps` and at the end of an epoch,
+where the divergence guard also looks.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy as _copy
 import gc
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from torch import nn
 from dlx.losses import LossFn
 from dlx.optim import decayed_params
 
+log = logging.getLogger(__name__)
+
 
 class NonFiniteLoss(RuntimeError):
     """Steps count from 1 like MLflow's step axis: step n is the n-th optimizer step of the run."""
@@ -28,6 +32,18 @@ class NonFiniteLoss(RuntimeError):
     def __init__(self, epoch: int, step: int, last_step: int | None = None):
         where = f"step {step}" if last_step is None else f"a step between {step} and {last_step}"
         super().__init__(f"non-finite training loss at epoch {epoch}, {where}; training stopped")
+        self.epoch, self.step = epoch, step
+
+
+class Diverged(NonFiniteLoss):
+    """The training loss of a log window rose above divergence_factor times the run's first loss: the
+    run is as lost as with a non-finite loss (optimizer.lr=1e9 with adam reaches ~1e31, finite), and
+    fails the same way."""
+
+    def __init__(self, epoch: int, step: int, last_step: int, loss: float, first: float, factor: float):
+        RuntimeError.__init__(
+            self, f"training loss diverged at epoch {epoch}, steps {step}-{last_step}: their mean {loss:.3g} is above "
+                  f"trainer.divergence_factor={factor:g} times the first step's loss {first:.3g}; training stopped")
         self.epoch, self.step = epoch, step
 
 
@@ -43,6 +59,31 @@ class FitOptions:
     clip_type: str = "norm"
     clip_threshold: float = 0.0
     amp: str = "off"
+    divergence_factor: float | None = None  # None or 0: no divergence guard
+
+
+# Batch statistics of one sample are undefined (BatchNorm1d raises) or only spatial (BatchNorm2d): in
+# training mode a batch-norm model needs batches of at least two samples.
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def smallest_train_batch(model: nn.Module) -> int:
+    return 2 if any(isinstance(m, _BATCH_NORMS) for m in model.modules()) else 1
+
+
+def train_batches(n: int, batch_size: int, smallest: int = 1) -> list[tuple[int, int]]:
+    """(start, stop) of each training batch of an epoch over n samples. A last batch smaller than
+    `smallest` joins the batch before it (every sample still trains each epoch; one step fewer)."""
+    if batch_size < smallest:
+        raise ValueError(f"trainer.batch_size={batch_size} is too small for the model's batch norm, which needs "
+                         f"{smallest} samples per batch in training mode: allowed trainer.batch_size >= {smallest}")
+    if n < smallest:
+        raise ValueError(f"the training split holds {n} sample(s) and the model's batch norm needs {smallest} in "
+                         f"training mode: raise dataset.train_subset or lower dataset.val_fraction")
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < smallest:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
 
 
 def metric_mode(name: str, mode: str = "auto") -> str:
@@ -141,7 +182,13 @@ class Trainer:
         self.device = data.x_train.device
         self.scaler = torch.amp.GradScaler(self.device.type) if options.amp == "fp16" else None
         self.decayed = decayed_params(optimizer) if (options.l1 or options.l2) else []
-        self.steps_per_epoch = max(1, math.ceil(len(data.x_train) / options.batch_size))
+        self.batches = train_batches(len(data.x_train), options.batch_size, smallest_train_batch(model))
+        self.steps_per_epoch = len(self.batches)
+        last = self.batches[-1][1] - self.batches[-1][0]
+        if last > options.batch_size:
+            log.info("the last training batch of each epoch would hold %d sample(s), too few for batch norm in "
+                     "training mode: it joins the batch before it (%d samples)", last - options.batch_size, last)
+        self.first_loss = None  # the run's first training loss, the divergence guard's reference
         # on CPU reading a scalar is free; on an accelerator it stalls the pipeline, so check per window
         self.check_every = 1 if self.device.type == "cpu" else options.log_every_n_steps
 
@@ -153,6 +200,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
+            "first_loss": None if self.first_loss is None else float(self.first_loss),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -163,6 +211,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if self.early_stopping and state.get("early_stopping"):
             self.early_stopping.load_state_dict(state["early_stopping"])
+        self.first_loss = state.get("first_loss")  # a resumed run keeps its reference; older checkpoints lack it
 
     # ------------------------------------------------------------------ loop
     def fit(self, state: TrainState | None = None) -> TrainState:
@@ -213,8 +262,8 @@ class Trainer:
         window = []  # (logits, y, y_b, lam) of the steps since the last log: accuracy is counted per window
         bad = zero()
         amp = amp_context(self.device, opt.amp)
-        for start in range(0, n, opt.batch_size):
-            idx = perm[start:start + opt.batch_size]
+        for start, stop in self.batches:
+            idx = perm[start:stop]
             x, y = data.x_train[idx], data.y_train[idx]
             y_b, lam = y, 1.0
             if self.augment is not None:
@@ -235,6 +284,8 @@ class Trainer:
             else:
                 loss_value = loss.detach().float()
                 bad += ~torch.isfinite(loss_value)
+            if self.first_loss is None:  # a float on CPU; on a device a tensor, read at the first window
+                self.first_loss = loss_value
             self._step(loss, state.step)
             window.append((logits.detach(), y, y_b, lam))
             win_loss += loss_value * len(y)
@@ -245,8 +296,10 @@ class Trainer:
             if state.step % opt.log_every_n_steps == 0:
                 if not on_host and bad.item():
                     raise NonFiniteLoss(state.epoch + 1, win_start + 1, state.step)
+                win_mean = float(win_loss) / win_seen
+                self._check_divergence(win_mean, state.epoch + 1, win_start + 1, state.step)
                 win_correct = _hits(window, on_host)
-                metrics = {"train/loss_step": float(win_loss) / win_seen,
+                metrics = {"train/loss_step": win_mean,
                            "train/acc_step": float(win_correct) / win_seen, "lr": self.schedule.lr}
                 for cb in self.callbacks:
                     cb.on_step_log(self, state, metrics)
@@ -254,8 +307,21 @@ class Trainer:
                 win_loss, win_seen, win_start, window = zero(), 0, state.step, []
         if not on_host and bad.item():
             raise NonFiniteLoss(state.epoch + 1, win_start + 1, state.step)
+        if win_seen:
+            self._check_divergence(float(win_loss) / win_seen, state.epoch + 1, win_start + 1, state.step)
         loss_sum, correct, seen = loss_sum + win_loss, correct + _hits(window, on_host), seen + win_seen
         return {"train/loss": float(loss_sum) / seen, "train/acc": float(correct) / seen, "lr": self.schedule.lr}
+
+    def _check_divergence(self, mean: float, epoch: int, first_step: int, last_step: int) -> None:
+        """Raise Diverged when a window's mean loss passes divergence_factor x the run's first loss. Called
+        where the window's loss is read anyway, so it adds no host-device sync to the steps."""
+        factor = self.opt.divergence_factor
+        if not factor or self.first_loss is None:
+            return
+        if isinstance(self.first_loss, torch.Tensor):
+            self.first_loss = self.first_loss.item()  # once: a device sync beside the window's own read
+        if self.first_loss > 0 and mean > factor * self.first_loss:
+            raise Diverged(epoch, first_step, last_step, mean, self.first_loss, factor)
 
     def _step(self, loss: torch.Tensor, step: int) -> None:
         opt, optimizer = self.opt, self.optimizer

@@ -71,6 +71,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "trainer.eval_batch_size": (lambda v: v >= 1, ">= 1"),
     "trainer.seed": (lambda v: v >= 0, ">= 0"),
     "trainer.log_every_n_steps": (lambda v: v >= 1, ">= 1"),
+    "trainer.divergence_factor": (lambda v: v is None or v == 0 or v > 1, "null or 0 (no guard), or > 1"),
     "trainer.checkpoint.every_n_epochs": (lambda v: v >= 1, ">= 1"),
     "trainer.checkpoint.max_overhead": (lambda v: 0 <= v < 1, "in [0, 1) (0 writes every checkpoint at once)"),
     "trainer.device": (lambda v: bool(_DEVICE_RE.match(v)), "auto, cpu, mps, cuda or cuda:N"),
@@ -112,6 +113,7 @@ def validate(cfg: DictConfig) -> None:
         problems.append("regularization.early_stopping needs a validation split: dataset.val_fraction must be > 0")
     problems += _combination_problems(cfg)
     problems += _device_problems(cfg)
+    problems += _batch_norm_problems(cfg)
     problems += store_problems(cfg.tracking) if "tracking" in cfg else []  # address and experiment name
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
@@ -146,22 +148,36 @@ def _combination_problems(cfg: DictConfig) -> list[str]:
 def _device_problems(cfg: DictConfig) -> list[str]:
     device = str(cfg.trainer.device)
     amp = cfg.trainer.amp.value if isinstance(cfg.trainer.amp, Enum) else str(cfg.trainer.amp)
-    wants_cuda = device.startswith("cuda")
-    if not (wants_cuda or amp != "off"):
+    if device in ("auto", "cpu") and amp == "off":
         return []
-    import torch  # only here: a config without CUDA requests never pays for the import
+    import torch  # only here: a config without accelerator requests never pays for the import
 
     problems = []
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if wants_cuda and n == 0:
-        problems.append(f"trainer.device={device} but no CUDA device is available: allowed auto or cpu here")
-    elif device.startswith("cuda:") and int(device.split(":")[1]) >= n:
-        problems.append(f"trainer.device={device} but only {n} CUDA device(s) exist: allowed cuda:0..cuda:{n - 1}")
+    available = _available_devices(n, torch.backends.mps.is_available())
+    if _DEVICE_RE.match(device) and device not in available:  # a malformed name is reported by its _RULES entry
+        kind = "CUDA" if device.startswith("cuda") else "MPS"
+        why = f"only {n} CUDA device(s) exist" if device.startswith("cuda:") and n else f"no {kind} device is available"
+        problems.append(f"trainer.device={device} but {why}: allowed {', '.join(available[:-1])} or {available[-1]} here")
     if amp != "off" and n == 0:
         problems.append(f"trainer.amp={amp} needs a CUDA device and none is available: allowed off here")
     if amp == "bf16" and n > 0 and not torch.cuda.is_bf16_supported():
         problems.append("trainer.amp=bf16 is not supported by this GPU: allowed off or fp16")
     return problems
+
+
+def _available_devices(cuda_count: int, mps: bool) -> list[str]:
+    cuda = ["cuda", *(f"cuda:{i}" for i in range(cuda_count))] if cuda_count else []
+    return ["auto", "cpu", *cuda, *(["mps"] if mps else [])]
+
+
+def _batch_norm_problems(cfg: DictConfig) -> list[str]:
+    """Batch norm cannot normalise a batch of one sample in training mode (dlx.engine.train_batches merges
+    a last batch of one; a batch size of one leaves nothing to merge)."""
+    if _enum(OmegaConf.select(cfg, "model.norm")) != "batch" or cfg.trainer.batch_size != 1:
+        return []
+    return ["trainer.batch_size=1 is too small for model.norm=batch, which needs 2 samples per batch in training "
+            "mode: allowed trainer.batch_size >= 2, or a model.norm other than batch"]
 
 
 def _safe(pred, value) -> bool:
