@@ -41,6 +41,7 @@ def launch_app(spec: dict) -> int:
 
     from dlx.compose import config_dir
     from dlx.config import register_configs
+    from dlx.sweep.hygiene import job_error
     from dlx.sweep.task import run_trial
     from dlx.tracking import open_store, resolve_uri
 
@@ -59,9 +60,9 @@ def launch_app(spec: dict) -> int:
     for start in range(0, len(trials), size):
         for offset, ret in enumerate(launcher.launch(trials[start:start + size], initial_job_idx=start)):
             ok = ret.status == JobStatus.COMPLETED
-            error = None if ok else ret._return_value
+            error = None if ok else job_error(ret)
             line = {"idx": start + offset, "status": ret.status.name, "overrides": list(ret.overrides),
-                    "value": ret._return_value if ok else None, "rss_mb": _rss_mb(), "torch": _torch_state(),
+                    "value": ret.return_value if ok else None, "rss_mb": _rss_mb(), "torch": _torch_state(),
                     "error": None if ok else f"{type(error).__module__}.{type(error).__name__}: {error}"}
             print("RESULT " + json.dumps(line, default=str), flush=True)
     if hasattr(launcher, "close"):
@@ -349,13 +350,14 @@ def test_exceptions_cross_the_process_boundary_recognisably():
 
     from dlx.run import Pruned, RunError
     from dlx.sweep.hygiene import portable_exception
-    from dlx.sweep.pool import WorkerDied, death_reason
+    from dlx.sweep.pool import WorkerDied, death_reason, exit_status
 
     pruned = pickle.loads(pickle.dumps(portable_exception(Pruned("epoch 2: val/acc=0.1000"))))
     assert isinstance(pruned, Pruned) and str(pruned) == "epoch 2: val/acc=0.1000"
     error = pickle.loads(pickle.dumps(portable_exception(RunError("run FAILED: loss is nan", 1))))
     assert str(error).endswith("run FAILED: loss is nan") and ("RunError" in str(error) or isinstance(error, RunError))
-    died = pickle.loads(pickle.dumps(WorkerDied(death_reason(-9, 4242, 3))))
+    died = pickle.loads(pickle.dumps(WorkerDied(death_reason(-9, 4242, 3), exit_status(-9))))
+    assert isinstance(died, WorkerDied) and died.exit_code == 137
     assert str(died) == ("worker process 4242 died with signal SIGKILL (kill -9 or the out-of-memory killer) "
                          "while running trial 3")
     assert death_reason(1, 7, None) == "worker process 7 exited with code 1 before running a trial"

@@ -4,7 +4,9 @@ crosses a process boundary recognisably, and a trial's config is composed as Hyd
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import logging
 import os
 import pickle
@@ -12,6 +14,12 @@ from contextlib import contextmanager
 
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, open_dict
+
+from dlx.errors import Pruned, RunError, Terminated
+
+# the exit codes of a run stopped by Ctrl-C or SIGTERM (a shell's 128 + the signal's number), which dlx.run
+# gives its RunError, and the interrupt each stands for
+INTERRUPTS = {130: KeyboardInterrupt, 143: Terminated}
 
 
 @contextmanager
@@ -28,11 +36,32 @@ def interrupt_from(ret: JobReturn) -> BaseException | None:
     """The interrupt to re-raise when an in-process trial ended because of Ctrl-C or SIGTERM:
     dlx.run closes the run KILLED and raises RunError(130 or 143), which Hydra's run_job records as an
     ordinary failure; the sweep must stop there, not go on to the next trial."""
-    from dlx.run import RunError, Terminated
+    code = interrupt_code(job_error(ret))
+    return INTERRUPTS[code]() if code else None
 
-    if ret.status != JobStatus.FAILED or not isinstance(ret._return_value, RunError):
+
+def interrupt_code(exc: BaseException | None) -> int | None:
+    """130 or 143 when `exc` says its trial was stopped by Ctrl-C or SIGTERM, from its type: the
+    interrupt itself, or a RunError whose exit code says so (dlx.run's after it closed the run KILLED,
+    dlx.sweep.pool's WorkerDied for a worker that died of the signal); else None."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 143 if isinstance(exc, Terminated) else 130
+    if isinstance(exc, RunError) and exc.exit_code in INTERRUPTS:
+        return exc.exit_code
+    return None
+
+
+def job_error(ret: JobReturn | None) -> BaseException | None:
+    """The exception a failed job ended with. JobReturn's public `return_value` raises it, after writing
+    "Error executing job with overrides" to stderr, which the sweep's own trial line replaces."""
+    if ret is None or ret.status != JobStatus.FAILED:
         return None
-    return {130: KeyboardInterrupt(), 143: Terminated()}.get(ret._return_value.exit_code)
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            ret.return_value  # noqa: B018 - the property raises the job's exception
+        except BaseException as exc:  # noqa: BLE001 - whatever the job raised is the answer
+            return exc
+    return None
 
 
 @contextmanager
@@ -95,13 +124,18 @@ class traced:
 
 
 def portable_exception(exc: BaseException) -> BaseException:
-    """`exc` when it survives a pickle round trip (dlx.run.Pruned does), else a RuntimeError that keeps
-    its type name and message, e.g. "RunError: run FAILED: loss is nan at step 12"."""
+    """`exc` when it survives a pickle round trip (dlx's own exceptions do), else one of the same kind
+    that keeps its type name and message: an interrupt or a pruned trial stays one (the sweeper tells
+    them apart by type), anything else becomes a RuntimeError, e.g. "ValueError: bad shape"."""
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:  # noqa: BLE001 - any exception that does not round-trip is replaced
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
+        text = f"{type(exc).__name__}: {exc}"
+        code = interrupt_code(exc)
+        if code:
+            return RunError(text, code)
+        return Pruned(text) if isinstance(exc, Pruned) else RuntimeError(text)
 
 
 def compose_trial(config_loader, config: DictConfig, idx: int, overrides: list[str]) -> DictConfig:

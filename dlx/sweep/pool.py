@@ -32,6 +32,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from dlx.errors import RunError
 from dlx.sweep.start import WorkerStarter, worker_threads
 
 log = logging.getLogger("dlx.sweep.launcher")
@@ -39,8 +40,10 @@ log = logging.getLogger("dlx.sweep.launcher")
 STARTUP_FAILURES = 3  # workers that die before they are ready, in a row, before the sweep gives up
 
 
-class WorkerDied(RuntimeError):
-    """The worker process running a trial ended before the trial did."""
+class WorkerDied(RunError):
+    """The worker process running a trial ended before the trial did; `exit_code` is its exit status as
+    a shell reports it (128 + N when signal N ended it), so one that died of SIGTERM or SIGINT counts
+    as interrupted, like a trial that handled the signal (dlx.sweep.hygiene.interrupt_code)."""
 
 
 class WorkerStartError(RuntimeError):
@@ -90,6 +93,13 @@ def close_orphan_run(sweep_config: DictConfig, reason: str) -> None:
             log.info("closed run %s of the dead worker as FAILED", run.info.run_id)
     except Exception as exc:  # noqa: BLE001 - the sweep goes on; the sweeper may still close the run
         log.warning("could not close the MLflow run of the dead worker's trial: %s", exc)
+
+
+def exit_status(returncode: int | None) -> int:
+    """A Popen returncode (-N: signal N) as a shell's exit status; 1 when unknown."""
+    if returncode is None:
+        return 1
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def death_reason(returncode: int | None, pid: int, idx: int | None) -> str:
@@ -254,10 +264,10 @@ class WorkerPool:
                 sweep_config = self.compose(*worker.job)
             except Exception:  # noqa: BLE001 - the trial still fails with its reason, without a config
                 results[idx] = JobReturn(overrides=worker.job[1], status=JobStatus.FAILED)
-                results[idx].return_value = WorkerDied(reason)
+                results[idx].return_value = WorkerDied(reason, exit_status(returncode))
             else:
                 close_orphan_run(sweep_config, reason)
-                results[idx] = failed_return(sweep_config, WorkerDied(reason))
+                results[idx] = failed_return(sweep_config, WorkerDied(reason, exit_status(returncode)))
         if not self.closed:
             self._start()
 

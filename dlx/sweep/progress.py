@@ -18,6 +18,7 @@ class TrialRecord:
     run_id: str | None = None
     reason: str = ""
     log: str = ""
+    code: int | None = None  # interrupted: 130 (Ctrl-C) or 143 (SIGTERM), the sweep's exit code
 
 
 class SweepProgress:

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from dlx.sweep.hygiene import interrupt_code
 from dlx.sweep.progress import SweepProgress, TrialRecord
 from dlx.sweep.settings import default_storage, plan_total, resolve_method
 from dlx.sweep.space import parse_space, quote
@@ -179,7 +180,7 @@ class Sweep:
                         if interrupted:
                             break
             except KeyboardInterrupt as exc:
-                interrupted = 143 if type(exc).__name__ == "Terminated" else 130
+                interrupted = interrupt_code(exc)
                 with _signals_ignored():  # a second Ctrl-C must not cut the bookkeeping short
                     self._abandon([*asked, *(t for t, _ in self.in_flight.values())])
             finally:
@@ -191,8 +192,9 @@ class Sweep:
         """Trials launched but never told (the sweep stopped under them): interrupted, run again on resume."""
         from optuna.trial import TrialState
 
+        running = {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         for t in trials:
-            if self.study._storage.get_trial(t._trial_id).state == TrialState.RUNNING:
+            if t.number in running:
                 self._tell(t, TrialRecord(t.number, "interrupted", reason="the sweep was stopped"), None)
 
     def _ask(self, n: int | None = None) -> list:
@@ -229,9 +231,7 @@ class Sweep:
         """Settle one trial and show it; 130/143 when the trial was interrupted by Ctrl-C/SIGTERM."""
         record = self._settle(trial, ret, run, seconds)
         progress.trial(record)
-        if record.outcome == "interrupted":
-            return 143 if "SIGTERM" in record.reason else 130
-        return None
+        return record.code if record.outcome == "interrupted" else None
 
     def _streams(self) -> bool:
         """Whether trials go one at a time to whichever worker is free (a launcher with launch_stream,
@@ -278,6 +278,8 @@ class Sweep:
     def _settle(self, trial, ret, run, elapsed: float) -> TrialRecord:
         from hydra.core.utils import JobStatus
 
+        from dlx.sweep.hygiene import job_error
+
         params = {k.lstrip("+~"): str(v) for k, v in trial.params.items()}
         record = TrialRecord(trial.number, "failed", params=params, seconds=elapsed,
                              run_id=run.info.run_id if run is not None else None)
@@ -287,19 +289,19 @@ class Sweep:
         if ret is None:
             record.reason = "the launcher returned no result for this trial"
         elif ret.status == JobStatus.COMPLETED:
-            metrics = ret._return_value if isinstance(ret._return_value, dict) else {}
+            metrics = ret.return_value if isinstance(ret.return_value, dict) else {}
             value = metrics.get(self.objective)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 record.outcome, record.value = "ok", float(value)
             else:
                 record.reason = f"no finite {self.objective} among the trial's final metrics"
         else:
-            record.outcome, record.reason = classify(ret._return_value)
+            record.outcome, record.reason, record.code = classify(job_error(ret))
         if ret is not None and ret.hydra_cfg is not None:
             out = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None)
             record.log = str(Path(out) / f"{ret.hydra_cfg.hydra.job.name}.log") if out else ""
         if record.outcome == "pruned":
-            steps = self.study._storage.get_trial(trial._trial_id).intermediate_values
+            steps = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number).intermediate_values
             record.value = float(steps[max(steps)]) if steps else None
         self._tell(trial, record, metrics)
         if run is not None and run.info.status == "RUNNING" and record.outcome != "ok":
@@ -376,17 +378,23 @@ class Sweep:
         print("\n".join(lines), flush=True)
 
 
-def classify(exc: Any) -> tuple[str, str]:
-    """(outcome, reason) of a failed job's exception, or of its text when it came from another process."""
-    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-    text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    name = type(exc).__name__
-    if name == "Pruned" or str(exc).startswith("Pruned"):
-        return "pruned", str(exc).removeprefix("Pruned: ")
-    if isinstance(exc, KeyboardInterrupt) or getattr(exc, "exit_code", None) in (130, 143) \
-            or "run KILLED" in text or text.startswith(("KeyboardInterrupt", "Terminated")):
-        return "interrupted", text
-    return "failed", text
+def classify(exc: BaseException | None) -> tuple[str, str, int | None]:
+    """(outcome, reason, exit code of an interrupt) of a failed job, from its exception's type (never its
+    text, which may quote anything a user typed): dlx.errors.Pruned is pruned; an interrupt, or a
+    RunError with the exit code of one (a run closed KILLED, a worker that died of the signal), is
+    interrupted, to be run again on resume; anything else failed. Launchers that run trials in other
+    processes send the exception back pickled (dlx.sweep.hygiene.portable_exception keeps its kind)."""
+    from dlx.errors import Pruned
+    from dlx.sweep.hygiene import interrupt_code
+
+    if exc is None:
+        return "failed", "the job failed without an exception", None
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if isinstance(exc, Pruned):
+        return "pruned", lines[0] if lines else "", None
+    code = interrupt_code(exc)
+    return ("interrupted", text, code) if code else ("failed", text, None)
 
 
 @contextmanager

@@ -81,7 +81,7 @@ def freeze_heap(collect: bool = True) -> None:
 def run_trial(idx: int, overrides: list[str], init: dict):
     from hydra.core.utils import JobReturn, JobStatus, run_job
 
-    from dlx.sweep.hygiene import compose_trial, isolated_trial, portable_exception, traced
+    from dlx.sweep.hygiene import compose_trial, isolated_trial, job_error, portable_exception, traced
 
     hydra_context, task_function = init["hydra_context"], init["task_function"]
     try:
@@ -94,7 +94,7 @@ def run_trial(idx: int, overrides: list[str], init: dict):
         ret = run_job(hydra_context=hydra_context, task_function=traced(task_function, idx), config=sweep_config,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     if ret.status == JobStatus.FAILED:
-        ret.return_value = portable_exception(ret._return_value)
+        ret.return_value = portable_exception(job_error(ret))
     return ret
 
 
