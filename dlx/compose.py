@@ -11,6 +11,13 @@ from dlx.validate import validate
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "regularization", "augmentation", "trainer", "tracking",
           "diagnostics")
+# The hydra.* overrides dlx documents (a trailing .* takes every key below): the sweeper and its settings,
+# the launcher and its settings, where runs and sweeps write, and the logging a sweep picks for its
+# trials. Any other hydra.* key could run code: hydra.callbacks.* instantiates the _target_ it is given,
+# hydra.job_logging.* hands `()` factories to logging.config, hydra.searchpath adds config folders.
+HYDRA_ALLOWED = ("hydra/sweeper", "hydra.sweeper.*", "hydra/launcher", "hydra.launcher.*", "hydra.run.dir",
+                 "hydra.sweep.dir", "hydra.sweep.subdir", "hydra/hydra_logging", "hydra/job_logging",
+                 "hydra.job_logging.root.handlers")
 
 
 def config_dir() -> Path:
@@ -34,6 +41,7 @@ def compose(overrides: list[str] = (), *, check: bool = True, hydra_config: bool
 
     register_configs()
     overrides = list(overrides)
+    check_hydra_overrides(overrides)
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
@@ -59,6 +67,34 @@ def check_config(cfg: DictConfig) -> None:
     except Exception as exc:
         raise ConfigError(f"invalid configuration: {_first_line(exc)}") from None
     validate(cfg)
+
+
+def check_hydra_overrides(overrides: list[str]) -> None:
+    """Refuse hydra.* overrides outside HYDRA_ALLOWED, and any that names code (_target_): a plugin's
+    arguments are instantiated recursively, so a _target_ inside hydra.launcher.* would run too. Typed
+    and stored overrides (dlx sweep --resume) go through this same check."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # noqa: BLE001 - compose explains an override that does not parse
+        return
+    for o in parsed:
+        key = o.key_or_group
+        if o.package is not None and "hydra" in o.package.split("."):  # group@hydra.callbacks=option
+            key = f"{key}@{o.package}"
+        elif key != "hydra" and not o.is_hydra_override():
+            continue
+        if not any(key == a or (a.endswith(".*") and key.startswith(a[:-1])) for a in HYDRA_ALLOWED):
+            raise ConfigError(f"{key}: not a Hydra setting dlx accepts; allowed: {', '.join(HYDRA_ALLOWED)}")
+        if "_target_" in o.input_line:
+            raise ConfigError(f"{o.input_line}: a Hydra setting cannot name code (_target_)")
+
+
+def names_code(override: str) -> bool:
+    """Whether an override's value is code to run: a _target_ (in its key or value) is imported and
+    called; the lines of a launcher's setup run in a shell before each trial."""
+    return "_target_" in override or override.split("=", 1)[0].lstrip("+~") == "hydra.launcher.setup"
 
 
 def explain_compose_error(exc: Exception, overrides: list[str]) -> str:

@@ -11,7 +11,7 @@ import os
 import sys
 from importlib.util import find_spec
 
-SWEEP_USAGE = """usage: dlx sweep [override ...] [hydra.sweeper.SETTING=value ...] [--resume [STUDY]]
+SWEEP_USAGE = """usage: dlx sweep [override ...] [hydra.sweeper.SETTING=value ...] [--resume [STUDY] [--trust-stored]]
 
 Runs one trial per combination (grid) or per sample (random, tpe) of the swept overrides; every
 trial is a `dlx train` run nested under one MLflow parent run that records the sweep and its summary.
@@ -39,6 +39,13 @@ hydra.sweeper settings:
                    under the same parent run. STUDY defaults to the latest unfinished sweep (the
                    one with the same overrides when they are given). Only hydra/launcher,
                    hydra.launcher.*, hydra.sweeper.batch_size and hydra.sweeper.storage may change.
+                   The stored overrides pass the checks typed ones do.
+--trust-stored     with --resume: also replay stored overrides that name code to run (a _target_,
+                   hydra.launcher.setup); without it they are refused, since anyone who can write
+                   the study storage could have put them there.
+
+Hydra settings other than hydra.sweeper.*, hydra/launcher, hydra.launcher.* and the output folders are
+refused (dlx.compose.HYDRA_ALLOWED lists them).
 
 Trials default to trainer.progress=none and log to their own train.log under outputs/sweeps/.
 Exit code: 0 when every trial ended ok or pruned, 1 when one failed, 2 for a bad sweep, 130/143 when
@@ -60,11 +67,13 @@ def sweep_main(args: list[str]) -> int:
     if {"-h", "--help"}.intersection(args):
         print(SWEEP_USAGE)
         return 0
-    overrides, resume, name = [], False, None
+    overrides, resume, name, trust = [], False, None, False
     rest = [a for a in args if a not in ("-m", "--multirun")]  # a sweep is a multirun anyway
     for i, a in enumerate(rest):
         if a == "--resume":
             resume = True
+        elif a == "--trust-stored":
+            trust = True
         elif a.startswith("-"):
             return error(f"dlx sweep: unknown option {a}; see dlx sweep --help")
         elif resume and rest[i - 1] == "--resume" and "=" not in a:
@@ -72,8 +81,10 @@ def sweep_main(args: list[str]) -> int:
         else:
             overrides.append(a)
     try:
+        if trust and not resume:
+            raise ConfigError("--trust-stored: only with --resume, which replays a study's stored overrides")
         if resume:
-            overrides = resume_overrides(name, overrides)
+            overrides = resume_overrides(name, overrides, trust=trust)
         _start_workers_early(overrides)
         argv = prepare(overrides)
     except ConfigError as exc:
@@ -128,6 +139,7 @@ def prepare(overrides: list[str]) -> list[str]:
     """The overrides to hand Hydra, after composing enough combinations to find any bad input."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from dlx.compose import check_hydra_overrides
     from dlx.config import ConfigError
     from dlx.store_check import probe as probe_store
     from dlx.sweep.settings import SweepSettings, resolve_method
@@ -140,6 +152,7 @@ def prepare(overrides: list[str]) -> list[str]:
         raise ConfigError(f"cannot parse the overrides: {str(exc).strip().splitlines()[0]}") from None
     hydra_part = [o.input_line for o in parsed if o.is_hydra_override()]
     task_part = [o.input_line for o in parsed if not o.is_hydra_override()]
+    check_hydra_overrides(argv)  # what dlx train also checks: only the hydra.* keys dlx documents
     _check_hydra_overrides([o for o in parsed if o.is_hydra_override()])
     _check_study([o for o in parsed if o.key_or_group == "study"])
     loader = _config_loader()  # glob(...) sweeps list a group's options through it
@@ -268,7 +281,9 @@ def run_hydra(argv: list[str], shown: list[str]) -> int:
         if not sweeper.RESULT:
             return exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt as exc:  # stopped before the first trial
-        return sweeper.RESULT.get("code", 143 if type(exc).__name__ == "Terminated" else 130)
+        from dlx.sweep.hygiene import interrupt_code
+
+        return sweeper.RESULT.get("code", interrupt_code(exc))
     finally:
         sys.argv = saved
     return sweeper.RESULT.get("code", 1)
@@ -290,8 +305,9 @@ def definition(overrides: list[str]) -> list[str]:
     return sorted(o for o in overrides if _key(o) not in LOCATORS and not _is_mutable(o))
 
 
-def resume_overrides(name: str | None, overrides: list[str]) -> list[str]:
-    """The stopped sweep's own overrides, with the launcher settings given now, pointed at its study."""
+def resume_overrides(name: str | None, overrides: list[str], *, trust: bool = False) -> list[str]:
+    """The stopped sweep's own overrides, with the launcher settings given now, pointed at its study.
+    What the storage holds is checked as typed input is (`prepare` checks it all again with the rest)."""
     from dlx.config import ConfigError
     from dlx.sweep.settings import default_storage
     from dlx.sweep.space import quote
@@ -299,7 +315,7 @@ def resume_overrides(name: str | None, overrides: list[str]) -> list[str]:
 
     storage = next((o.split("=", 1)[1].strip("'\"") for o in overrides if _key(o) == "hydra.sweeper.storage"),
                    None) or default_storage()
-    studies = [s for s in study_names(storage) if "dlx.overrides" in s.user_attrs]
+    studies = [s for s in study_names(storage) if _stored(s) is not None]
     given = definition(with_defaults(overrides)) if definition(overrides) else []
     if name is not None:
         found = [s for s in studies if s.study_name == name]
@@ -308,13 +324,14 @@ def resume_overrides(name: str | None, overrides: list[str]) -> list[str]:
             raise ConfigError(f"--resume {name}: no such sweep in {storage}; recent: {known}")
     else:
         found = [s for s in studies if s.user_attrs.get("dlx.state") != "finished"
-                 and (not given or definition(s.user_attrs["dlx.overrides"]) == given)]
+                 and (not given or definition(_stored(s)) == given)]
         if not found:
             what = "with these overrides " if given else ""
             raise ConfigError(f"--resume: no unfinished sweep {what}in {storage}; name one: dlx sweep --resume STUDY "
                               f"(recent: {', '.join(s.study_name for s in studies[:10]) or 'none'})")
     study = found[0]
-    stored = list(study.user_attrs["dlx.overrides"])
+    stored = _stored(study)
+    _check_stored(f"--resume {study.study_name}", storage, stored, trust)
     if given and given != definition(stored):
         raise ConfigError(f"--resume {study.study_name}: a resumed sweep keeps its definition; it was started as: "
                           f"{study.user_attrs.get('dlx.command') or ' '.join(definition(stored))}")
@@ -322,6 +339,32 @@ def resume_overrides(name: str | None, overrides: list[str]) -> list[str]:
     kept = [o for o in stored if _key(o) not in now]
     return [*kept, *now.values(), f"hydra.sweeper.study_name={study.study_name}", "hydra.sweeper.resume=true",
             f"hydra.sweep.dir={quote(study.user_attrs['dlx.sweep_dir'])}"]
+
+
+def _stored(study) -> list[str] | None:
+    """A study's stored overrides and sweep dir as dlx wrote them (a list of strings and a string), else None."""
+    overrides, sweep_dir = study.user_attrs.get("dlx.overrides"), study.user_attrs.get("dlx.sweep_dir")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides) \
+            or not isinstance(sweep_dir, str):
+        return None
+    return list(overrides)
+
+
+def _check_stored(where: str, storage: str, stored: list[str], trust: bool) -> None:
+    """Anyone who can write the study storage can change what a resumed sweep runs: its overrides pass
+    the hydra.* rule typed ones pass (the rest is composed and checked with them), and one that names
+    code to run is replayed only with the user's --trust-stored."""
+    from dlx.compose import check_hydra_overrides, names_code
+    from dlx.config import ConfigError
+
+    try:
+        check_hydra_overrides(stored)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: the overrides stored in {storage} are refused: {exc}") from None
+    code = [o for o in stored if names_code(o)]
+    if code and not trust:
+        raise ConfigError(f"{where}: the override {code[0]} stored in {storage} names code to run; "
+                          f"add --trust-stored to run it if you trust that storage")
 
 
 # ---------------------------------------------------------------------------------------------- studies
