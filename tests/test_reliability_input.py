@@ -116,6 +116,15 @@ def test_any_http_answer_counts_as_reachable():
         server.server_close()
 
 
+def test_an_address_from_the_environment_is_named_as_such(monkeypatch):
+    from dlx.store_check import problems
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://u:secret-pw@x")
+    (problem,) = problems({"enabled": True, "uri": None, "artifact_location": None, "experiment": "dlx"})
+    assert problem.startswith("tracking.uri (from $MLFLOW_TRACKING_URI)='ftp://u:***@x'"), problem
+    assert problems({"enabled": False, "uri": "ftp://x", "artifact_location": None, "experiment": ""}) == []
+
+
 def test_experiment_name_limit_is_mlflows():
     from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
 
