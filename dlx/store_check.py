@@ -28,8 +28,8 @@ MAX_EXPERIMENT_NAME = 500
 PROBE_TIMEOUT_S = 5.0
 
 # the schemes MLflow 3 opens as a tracking store, with the form each takes. MLflow also reads a bare
-# path or file: as its file store, which it refuses since 3.x ("maintenance mode"): refused here too,
-# with the sqlite:/// form to use instead
+# path or file: as its file store, which it refuses ("maintenance mode") unless MLFLOW_ALLOW_FILE_STORE
+# is true: so does dlx, and it names the sqlite:/// form to use instead
 SCHEMES = {"sqlite": "sqlite:///PATH", "http": "http://HOST:PORT", "https": "https://HOST",
            "postgresql": "postgresql://...", "mysql": "mysql://...", "mssql": "mssql://...",
            "databricks": "databricks"}
@@ -82,9 +82,11 @@ def problems(tracking) -> list[str]:
         return out
     if scheme in {ep.name for ep in _plugin_stores()}:
         return out
-    if scheme in ("", "file") or len(scheme) == 1:  # a bare path (or a Windows drive letter)
-        out.append(f"{key}={shown!r} is a bare path, which MLflow 3 opens as its retired file store: allowed "
-                   f"{allowed()} (for a local file: sqlite:///{Path(urlparse(uri).path).name or 'mlflow.db'})")
+    if scheme in ("", "file") or len(scheme) == 1:  # a path (a letter: a Windows drive)
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):  # MLflow's own opt-in
+            return out
+        out.append(f"{key}={shown!r} is a path, which MLflow 3 opens as its retired file store and refuses: "
+                   f"allowed {allowed()} (for a local file: sqlite:///{Path(urlparse(uri).path).name or 'mlflow.db'})")
     else:
         out.append(f"{key}={shown!r}: no MLflow tracking store uses the scheme '{scheme}': allowed {allowed()}")
     return out
