@@ -183,6 +183,24 @@ def test_no_secret_reaches_params_tags_or_the_logged_config(workdir):
         assert leaks == [], f"{secret} was logged: {leaks}"
 
 
+def test_the_sweep_parent_run_logs_no_secret(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dlx.sweep.tracking import ParentRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = OmegaConf.create({"enabled": True, "uri": uri, "artifact_location": (tmp_path / "art").as_uri(),
+                                 "experiment": "dlx"})
+    command = "dlx sweep seed=0,1 +tracking.tags.api_token=tok-7c1d90 tracking.uri=http://ann:pw-3e5f@h:5000"
+    parent = ParentRun.open(tracking, run_id=None, name="sweep", tags={"dlx.command": command},
+                            params={"sweep.db_password": "pw-in-param", "sweep.seed": 0})
+    parent.set_tags({"dlx.best.overrides": "seed=1 +tracking.tags.api_token=tok-7c1d90"})
+    run = parent.client.get_run(parent.run_id)
+    logged = [*run.data.tags.values(), *run.data.params.values()]
+    assert not [v for v in logged if "tok-7c1d90" in v or "pw-3e5f" in v or "pw-in-param" in v], logged
+    assert run.data.params["sweep.seed"] == "0" and "ann:***@h:5000" in run.data.tags["dlx.command"]
+
+
 @pytest.mark.parametrize("key", ["password", "db.passwd", "tracking.tags.api_token", "x.API-KEY", "aws_secret_access_key",
                                  "client_secret", "credentials", "ssh.private_key", "GITHUB_TOKEN"])
 def test_secret_keys(key):
