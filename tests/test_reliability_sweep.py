@@ -135,3 +135,17 @@ def test_outcomes_follow_types_and_exit_statuses_not_text():
     for returncode, outcome in ((-15, "interrupted"), (-2, "interrupted"), (-9, "failed"), (1, "failed")):
         died = WorkerDied(death_reason(returncode, 42, 0), exit_status(returncode))
         assert classify(died)[0] == outcome, returncode
+
+
+def test_a_trial_left_running_is_settled_as_interrupted_on_resume(stored):
+    """What a SIGKILLed sweep leaves: a trial still RUNNING in the storage (made here with Optuna's public ask)."""
+    import optuna
+
+    name = tamper(stored)
+    storage = f"sqlite:///{stored / 'outputs' / 'optuna.db'}"
+    left = optuna.load_study(study_name=name, storage=storage).ask().number
+    proc = run_dlx(["sweep", "--resume", name], stored, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trial = optuna.load_study(study_name=name, storage=storage).trials[left]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["dlx.outcome"] == "interrupted", trial.user_attrs

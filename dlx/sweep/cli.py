@@ -221,12 +221,15 @@ def compose_all(combos: list[list[str]]) -> None:
 
 
 def _config_loader():
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_config_search_path
+    """Hydra's config loader over conf/, through Hydra's public initialize API (it outlives the context)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     from dlx.compose import config_dir
 
-    return ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+        return GlobalHydra.instance().config_loader()
 
 
 def _check_hydra_overrides(parsed) -> None:

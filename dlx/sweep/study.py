@@ -36,7 +36,26 @@ def storage_for(url: str):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("sqlite:"):
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return url
+    return optuna.storages.get_storage(url)
+
+
+def settle_interrupted(study, storage_url: str, reason: str) -> list[int]:
+    """Tell FAIL, as interrupted (run again on resume), the trials a crashed or stopped sweep left
+    RUNNING; returns their numbers. A Study sets user attrs only on the trials it hands out, so the attrs
+    of these go through the storage's own public API."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not stale:
+        return []
+    storage = storage_for(storage_url)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in stale:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(trial_id, "dlx.outcome", "interrupted")
+        storage.set_trial_user_attr(trial_id, "dlx.reason", reason)
+        study.tell(t.number, state=TrialState.FAIL)
+    return [t.number for t in stale]
 
 
 def study_names(storage_url: str) -> list[Any]:

@@ -136,13 +136,10 @@ class Sweep:
     def _settle_stale(self) -> None:
         """Trials a crashed or stopped sweep left open: told FAIL as interrupted (run again), and
         their MLflow runs, if still RUNNING, closed as FAILED with the reason."""
-        from optuna.trial import TrialState
+        from dlx.sweep.study import settle_interrupted
 
         runs = self.parent.children() if self.parent else {}
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            self.study._storage.set_trial_user_attr(t._trial_id, "dlx.outcome", "interrupted")
-            self.study._storage.set_trial_user_attr(t._trial_id, "dlx.reason", "the sweep ended before the trial")
-            self.study.tell(t.number, state=TrialState.FAIL)
+        settle_interrupted(self.study, self.storage, "the sweep ended before the trial")
         for run in runs.values():
             if run.info.status == "RUNNING":
                 self.parent.close_dangling(run, "its process ended without closing the run (sweep stopped)")
