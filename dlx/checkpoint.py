@@ -7,6 +7,7 @@ objects and no numpy arrays, which the weights-only unpickler refuses.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -93,6 +94,55 @@ def save_checkpoint(checkpoint: dict[str, Any], *paths: str | os.PathLike) -> li
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint this dlx can resume from; the message says what is wrong."""
+
+
+# what make_checkpoint writes: key -> the types its value may have (bool is not an int here)
+FIELDS: dict[str, tuple[type, ...]] = {
+    "format": (int,), "epoch": (int,), "step": (int,), "stopped_early": (bool,), "history": (list,),
+    "trainer": (dict,), "rng": (dict,), "config": (dict,), "run_id": (str, type(None)),
+}
+TRAINER_FIELDS = ("model", "optimizer", "schedule")  # Trainer.load_state_dict needs these
+RNG_FIELDS = ("python", "numpy", "torch", "cuda")  # restore_rng reads these
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint from `path`, checked to be one make_checkpoint wrote before anything uses it: a file
+    from elsewhere failed deep inside a run (`KeyError: 'config'`) after the run had been reopened."""
+    try:
+        checkpoint = load_checkpoint(path)
+    except pickle.UnpicklingError:
+        raise CheckpointError("it holds objects other than tensors and plain containers, which "
+                              "torch.load(weights_only=True) refuses to load") from None
+    except OSError as exc:
+        raise CheckpointError(exc.strerror or type(exc).__name__) from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises KeyError, EOFError, RuntimeError, ... for other files
+        raise CheckpointError(f"torch.load cannot read it ({type(exc).__name__})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"it holds a {type(checkpoint).__name__}, not a dict")
+    missing = [k for k in FIELDS if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"it lacks {', '.join(missing)}")
+    for key, types in FIELDS.items():
+        value = checkpoint[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            allowed = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            raise CheckpointError(f"its {key} is a {type(value).__name__}, not {allowed}")
+    if checkpoint["format"] != FORMAT_VERSION:
+        raise CheckpointError(f"its format is {checkpoint['format']}; this dlx reads format {FORMAT_VERSION}")
+    if checkpoint["epoch"] < 0 or checkpoint["step"] < checkpoint["epoch"]:
+        raise CheckpointError(f"its epoch {checkpoint['epoch']} and step {checkpoint['step']} cannot both be "
+                              "true (each epoch takes at least one step)")
+    for name, fields in (("trainer", TRAINER_FIELDS), ("rng", RNG_FIELDS)):
+        lacking = [k for k in fields if k not in checkpoint[name]]
+        if lacking:
+            raise CheckpointError(f"its {name} state lacks {', '.join(lacking)}")
+    if not all(isinstance(h, dict) for h in checkpoint["history"]):
+        raise CheckpointError("its history is not a list of per-epoch metrics")
+    return checkpoint
 
 
 def restore(trainer: Trainer, checkpoint: dict[str, Any]) -> TrainState:

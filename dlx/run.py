@@ -23,7 +23,7 @@ import dlx
 from dlx.compose import check_config
 from dlx.config import ConfigError
 from dlx.errors import Pruned, RunError, Terminated  # noqa: F401 - re-exported: dlx.run.RunError
-from dlx.resume import find_checkpoint, resumed_config
+from dlx.resume import prepare_resume, record_resumed
 from dlx.store_check import probe as probe_store
 
 log = logging.getLogger("dlx")
@@ -91,6 +91,9 @@ def hydra_runtime() -> tuple[Path, list[str], dict[str, str]]:
 # ---------------------------------------------------------------------------------------------- the job
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the final metrics. Raises RunError with the exit code on failure."""
+    # as composed, before check_config resolves it in place: resume tells a value this command sets from
+    # one that follows another key through an interpolation
+    composed = OmegaConf.to_container(cfg) if cfg.trainer.resume else None
     try:
         check_config(cfg)
         probe_store(cfg.tracking)  # seconds, not minutes of retries, before any data loads
@@ -100,13 +103,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     checkpoint = None
-    if resolved["trainer"]["resume"]:
-        from dlx.checkpoint import load_checkpoint
-
-        path = find_checkpoint(resolved["trainer"]["resume"], resolved["tracking"], run_dir)
-        checkpoint = load_checkpoint(path)
-        resolved = resumed_config(checkpoint["config"], resolved, overrides)
-        log.info("resuming from %s (epoch %d, step %d)", path, checkpoint["epoch"], checkpoint["step"])
+    if resolved["trainer"]["resume"]:  # the file, its run and its configuration checked, or exit 2
+        resolved, checkpoint = prepare_resume(resolved, overrides, run_dir, composed)
     return _train(resolved, run_dir=run_dir, overrides=overrides, choices=choices, checkpoint=checkpoint)
 
 
@@ -228,7 +226,9 @@ def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint) -> 
 
     if checkpoint is not None and checkpoint.get("run_id") and tracker.enabled:
         run_id = tracker.resume(checkpoint["run_id"])
-        tracker.set_tags({"dlx.resumed_from_epoch": str(checkpoint["epoch"]), "dlx.command": " ".join(COMMAND_LINE)})
+        tracker.set_tags(redact({"dlx.resumed_from_epoch": str(checkpoint["epoch"]),
+                                 "dlx.command": " ".join(COMMAND_LINE)}))
+        record_resumed(tracker, cfg, checkpoint["config"], run_dir)
         return run_id
     m, o, d = cfg["model"]["name"], cfg["optimizer"]["name"], cfg["dataset"]["name"]
     name = cfg["tracking"]["run_name"] or f"{m}-{o}-{d}-s{cfg['trainer']['seed']}"
