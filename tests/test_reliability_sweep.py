@@ -114,9 +114,8 @@ def test_outcomes_follow_types_and_exit_statuses_not_text():
     import pickle
 
     from dlx.errors import Pruned, RunError, Terminated
-    from dlx.sweep.hygiene import portable_exception
+    from dlx.sweep.hygiene import classify, portable_exception
     from dlx.sweep.pool import WorkerDied, death_reason, exit_status
-    from dlx.sweep.sweeper import classify
 
     def crossed(exc):  # as a worker process sends it back
         return pickle.loads(pickle.dumps(portable_exception(exc)))
@@ -149,3 +148,21 @@ def test_a_trial_left_running_is_settled_as_interrupted_on_resume(stored):
     trial = optuna.load_study(study_name=name, storage=storage).trials[left]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["dlx.outcome"] == "interrupted", trial.user_attrs
+
+
+def test_a_resumed_sweep_does_not_take_over_a_run_that_is_not_its_parent(stored):
+    """The storage names the parent run to reopen, set RUNNING and finish: pointed at one of the trials,
+    resume is refused and the trial's run stays as it was."""
+    import optuna
+
+    name = tamper(stored)
+    trial = next(r for r in all_runs(stored) if "mlflow.parentRunId" in r.data.tags)
+    storage = f"sqlite:///{stored / 'outputs' / 'optuna.db'}"
+    optuna.load_study(study_name=name, storage=storage).set_user_attr("dlx.parent_run_id", trial.info.run_id)
+    before = len(all_runs(stored))
+    proc = run_dlx(["sweep", "--resume", name], stored, timeout=120)
+    assert_refused(proc, trial.info.run_id, "not this sweep's parent run")
+    after = {r.info.run_id: r for r in all_runs(stored)}
+    assert len(after) == before
+    assert after[trial.info.run_id].info.status == "FINISHED"
+    assert after[trial.info.run_id].info.end_time == trial.info.end_time

@@ -1,6 +1,7 @@
 """Trial hygiene shared by dlx_local's in-process launcher and the pool's workers: a trial starts from
 the same process-wide state as the one before it, an interrupted trial stops the sweep, a failure
-crosses a process boundary recognisably, and a trial's config is composed as Hydra's launchers do."""
+crosses a process boundary recognisably and is classified by its type, and a trial's config is composed
+as Hydra's launchers do."""
 
 from __future__ import annotations
 
@@ -49,6 +50,22 @@ def interrupt_code(exc: BaseException | None) -> int | None:
     if isinstance(exc, RunError) and exc.exit_code in INTERRUPTS:
         return exc.exit_code
     return None
+
+
+def classify(exc: BaseException | None) -> tuple[str, str, int | None]:
+    """(outcome, reason, exit code of an interrupt) of a failed job, from its exception's type (never its
+    text, which may quote anything a user typed): dlx.errors.Pruned is pruned; an interrupt, or a
+    RunError with the exit code of one (a run closed KILLED, a worker that died of the signal), is
+    interrupted, to be run again on resume; anything else failed. Launchers that run trials in other
+    processes send the exception back pickled (portable_exception keeps its kind)."""
+    if exc is None:
+        return "failed", "the job failed without an exception", None
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if isinstance(exc, Pruned):
+        return "pruned", lines[0] if lines else "", None
+    code = interrupt_code(exc)
+    return ("interrupted", text, code) if code else ("failed", text, None)
 
 
 def job_error(ret: JobReturn | None) -> BaseException | None:

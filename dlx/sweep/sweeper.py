@@ -27,7 +27,7 @@ from dlx.sweep.progress import SweepProgress, TrialRecord
 from dlx.sweep.settings import default_storage, plan_total, resolve_method
 from dlx.sweep.space import parse_space, quote
 from dlx.sweep.study import DONE, METRICS_KEPT, outcome_of, summarize
-from dlx.sweep.tracking import TRIAL_TAG, ParentRun
+from dlx.sweep.tracking import TRIAL_TAG, ParentRun, check_parent
 
 # The outcome of the last sweep in this process, for the CLI's exit code (Hydra drops the sweeper's
 # return value): code, counts, study, parent_run_id, sweep_dir, best.
@@ -81,6 +81,9 @@ class Sweep:
         pruner = create_pruner(**spec)
         if self.s.resume:
             self.study = load_study(self.storage, self.s.study_name, sampler=None, pruner=pruner)
+            parent = self.study.user_attrs.get("dlx.parent_run_id")
+            if parent is not None and self.cfg.tracking.enabled:
+                check_parent(self.cfg.tracking, parent, self.study.study_name)
             seed = self.s.seed + len(self.study.trials)  # a resumed sampler must not replay the first draws
             self.study.sampler = make_sampler(self.method, seed=seed, n_startup_trials=self.s.n_startup_trials,
                                               batch_size=self.batch_size)
@@ -275,7 +278,7 @@ class Sweep:
     def _settle(self, trial, ret, run, elapsed: float) -> TrialRecord:
         from hydra.core.utils import JobStatus
 
-        from dlx.sweep.hygiene import job_error
+        from dlx.sweep.hygiene import classify, job_error
 
         params = {k.lstrip("+~"): str(v) for k, v in trial.params.items()}
         record = TrialRecord(trial.number, "failed", params=params, seconds=elapsed,
@@ -373,25 +376,6 @@ class Sweep:
         if interrupted or left:
             lines.append(f"continue with: dlx sweep --resume {self.study.study_name}")
         print("\n".join(lines), flush=True)
-
-
-def classify(exc: BaseException | None) -> tuple[str, str, int | None]:
-    """(outcome, reason, exit code of an interrupt) of a failed job, from its exception's type (never its
-    text, which may quote anything a user typed): dlx.errors.Pruned is pruned; an interrupt, or a
-    RunError with the exit code of one (a run closed KILLED, a worker that died of the signal), is
-    interrupted, to be run again on resume; anything else failed. Launchers that run trials in other
-    processes send the exception back pickled (dlx.sweep.hygiene.portable_exception keeps its kind)."""
-    from dlx.errors import Pruned
-    from dlx.sweep.hygiene import interrupt_code
-
-    if exc is None:
-        return "failed", "the job failed without an exception", None
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    if isinstance(exc, Pruned):
-        return "pruned", lines[0] if lines else "", None
-    code = interrupt_code(exc)
-    return ("interrupted", text, code) if code else ("failed", text, None)
 
 
 @contextmanager

@@ -45,6 +45,29 @@ def find_trial_run(client, cfg: DictConfig):
     return runs[0] if runs else None
 
 
+def check_parent(tracking: DictConfig, run_id: Any, study: str) -> None:
+    """A resumed sweep reopens the parent run its study storage names, sets it RUNNING and finally
+    finishes it: refuse a run that is not this sweep's parent (another run or a trial of the store, a
+    deleted one), so a stale or edited storage cannot take over someone else's run."""
+    from mlflow.exceptions import MlflowException
+
+    from dlx.config import ConfigError
+    from dlx.tracking import open_client
+
+    uri = store_of(tracking)[0]
+    run = None
+    if isinstance(run_id, str):
+        try:
+            run = open_client(uri).get_run(run_id)
+        except MlflowException:
+            pass
+    tags = run.data.tags if run is not None else {}
+    if run is None or run.info.lifecycle_stage != "active" or tags.get("dlx.sweep.study") != study \
+            or "mlflow.parentRunId" in tags:
+        raise ConfigError(f"--resume {study}: the parent run {run_id} named in the study storage is not this "
+                          f"sweep's parent run in {uri}")
+
+
 class ParentRun:
     """The sweep's parent run: created (or reopened on resume) before any trial starts."""
 
