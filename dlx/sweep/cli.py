@@ -44,8 +44,7 @@ hydra.sweeper settings:
                    hydra.launcher.setup); without it they are refused, since anyone who can write
                    the study storage could have put them there.
 
-Hydra settings other than hydra.sweeper.*, hydra/launcher, hydra.launcher.* and the output folders are
-refused (dlx.compose.HYDRA_ALLOWED lists them).
+HYDRA_ALLOWED
 
 Trials default to trainer.progress=none and log to their own train.log under outputs/sweeps/.
 Exit code: 0 when every trial ended ok or pruned, 1 when one failed, 2 for a bad sweep, 130/143 when
@@ -65,7 +64,12 @@ def sweep_main(args: list[str]) -> int:
     from dlx.config import ConfigError
 
     if {"-h", "--help"}.intersection(args):
-        print(SWEEP_USAGE)
+        import textwrap
+
+        from dlx.compose import HYDRA_ALLOWED
+
+        allowed = f"Hydra's own settings, as in dlx train: only {', '.join(HYDRA_ALLOWED)}; any other is refused."
+        print(SWEEP_USAGE.replace("HYDRA_ALLOWED", textwrap.fill(allowed, 104)))
         return 0
     overrides, resume, name, trust = [], False, None, False
     rest = [a for a in args if a not in ("-m", "--multirun")]  # a sweep is a multirun anyway
