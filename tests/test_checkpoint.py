@@ -4,6 +4,7 @@ run's time, with what waits in memory written at the end or when the run stops."
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 
 from dlx.build import build
 from dlx.callbacks import CheckpointCallback
-from dlx.checkpoint import load_checkpoint, save_checkpoint
+from dlx.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from dlx.compose import compose
 from dlx.engine import Callback, on_cpu
 
@@ -127,3 +128,24 @@ def test_a_stopped_run_writes_the_checkpoint_that_waited(tmp_path: Path):
     assert last["epoch"] == 3 and [h["epoch"] for h in last["history"]] == [1, 2, 3]
     for key, value in spy.weights[3].items():
         torch.testing.assert_close(last["trainer"]["model"][key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda c: c.pop("config"), "it lacks config"),
+    (lambda c: c.update(epoch="2"), "its epoch is a str, not int"),
+    (lambda c: c.update(stopped_early=0), "its stopped_early is a int, not bool"),
+    (lambda c: c.update(run_id=7), "its run_id is a int, not str or None"),
+    (lambda c: c.update(format=99), "its format is 99; this dlx reads format 1"),
+    (lambda c: c.update(step=0), "cannot both be true"),
+    (lambda c: c["trainer"].pop("optimizer"), "its trainer state lacks optimizer"),
+    (lambda c: c.update(history=[1.0]), "history is not a list of per-epoch metrics"),
+])
+def test_read_checkpoint_accepts_what_a_run_wrote_and_names_what_is_wrong_with_anything_else(tmp_path: Path, edit,
+                                                                                            reason):
+    fit_with_checkpoints(tmp_path, max_overhead=0.0, epochs=1)
+    ckpt = read_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["config"]["trainer"]["epochs"] == 1
+    edit(ckpt)
+    torch.save(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match=re.escape(reason)):
+        read_checkpoint(tmp_path / "edited.pt")

@@ -174,7 +174,8 @@ def test_resume_from_checkpoint_path_extends_epochs_but_keeps_the_configuration(
     run = only_run(workdir)
     assert run.info.status == "FINISHED"
     assert [s for s, _ in history(client, run.info.run_id, "val/acc")] == [1, 2, 3]
-    assert run.data.params["trainer.epochs"] == "2"  # params keep what the run started with
+    assert run.data.params["trainer.epochs"] == "2"  # MLflow params are write-once: the first value stays
+    assert run.data.tags["dlx.param.trainer.epochs"] == "3"  # and the tag says what the run trained with
     assert run.data.tags["dlx.resumed_from_epoch"] == "2"
 
 
