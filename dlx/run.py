@@ -93,7 +93,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the final metrics. Raises RunError with the exit code on failure."""
     # as composed, before check_config resolves it in place: resume tells a value this command sets from
     # one that follows another key through an interpolation
-    composed = OmegaConf.to_container(cfg) if cfg.trainer.resume else None
+    composed = OmegaConf.to_container(cfg)
     try:
         check_config(cfg)
         probe_store(cfg.tracking)  # seconds, not minutes of retries, before any data loads
