@@ -21,6 +21,7 @@ commands:
   report  a sweep's runs as a table of mean +- 95% CI over seeds, with plots: dlx report <parent run id>
   runs    list recent MLflow runs with their key params and metrics
   ui      open the MLflow UI on the tracking store (127.0.0.1)
+  sync    replay into the store what a run kept in its spool when the store failed: dlx sync [spool or run folder]
 
 Run `dlx <command> --help` for the options of a command."""
 
@@ -70,7 +71,7 @@ def _main(argv: list[str] | None) -> int:
         return 0
     command, args = argv[0], argv[1:]
     commands = {"train": cmd_train, "sweep": cmd_sweep, "study": cmd_study, "report": cmd_report,
-                "runs": cmd_runs, "ui": cmd_ui}
+                "runs": cmd_runs, "ui": cmd_ui, "sync": cmd_sync}
     if command not in commands:
         print(f"dlx: unknown command '{command}'; valid: {', '.join(commands)}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -180,6 +181,19 @@ def cmd_runs(args: list[str]) -> int:
     from dlx.runs import list_runs
 
     return list_runs(uri=ns.uri, experiment=ns.experiment, limit=ns.limit)
+
+
+def cmd_sync(args: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="dlx sync", description="Replay into the tracking store the metric points, "
+                                "tags and final status that runs kept in their spool when the store failed.")
+    p.add_argument("paths", nargs="*", help="spool files or run folders (default: every pending spool of the store)")
+    p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or outputs/mlflow.db)")
+    ns = p.parse_args(args)
+    from dlx.spool import sync
+
+    return sync(ns.paths, uri=ns.uri)
 
 
 def cmd_ui(args: list[str]) -> int:

@@ -111,7 +111,15 @@ class MetricWriter:
             return ok and not self.pending
 
     def sync_once(self) -> None:
-        """Write everything pending now; raises the store's error (the tracker retries with patience)."""
+        """Write everything pending now; raises the store's error (the tracker retries with patience). A write
+        of the thread that was under way and failed counts as this call's first try: each try on a locked
+        SQLite file takes MLflow's 20 s."""
+        with self._cond:
+            waited = self._writing
+            while self._writing:
+                self._cond.wait()
+            if waited and self.error is not None:
+                raise self.error
         while not self.write(quiet=True):
             if self.error is not None:
                 raise self.error

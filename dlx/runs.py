@@ -52,9 +52,12 @@ def list_runs(*, uri: str | None, experiment: str | None, limit: int) -> int:
 
 
 def _client(uri: str):
-    from mlflow import MlflowClient
+    from dlx.spool import replay_pending
+    from dlx.tracking import open_client
 
-    return MlflowClient(tracking_uri=uri)
+    client = open_client(uri)  # the schema checked under the store's lock
+    replay_pending(uri, client)  # what runs could not write to this store before: listed complete
+    return client
 
 
 # addresses that serve this machine only; anything else needs --expose

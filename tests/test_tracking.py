@@ -97,3 +97,26 @@ def test_replay_never_writes_a_point_twice(tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["k"] == "v"
     assert not path.exists()
     tracker.end("FINISHED")
+
+
+def test_a_migration_cut_short_is_repaired_under_the_lock(tmp_path):
+    """alembic's batch mode copies a table into _alembic_tmp_<name>, drops the table and renames the copy; a
+    process stopped between the two left the store without `tags` (MLflow then made an empty one and the
+    runs' tags were gone) or with a stray copy beside it."""
+    import sqlite3
+
+    from dlx.tracking import open_store
+
+    uri, artifacts = store(tmp_path)
+    client, exp = open_store(uri, "t", artifacts)
+    run_id = client.create_run(exp, tags={"kept": "yes"}).info.run_id
+    db = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    db.execute("ALTER TABLE tags RENAME TO _alembic_tmp_tags")  # dropped, the copy not yet renamed back
+    db.execute("CREATE TABLE _alembic_tmp_params AS SELECT * FROM params")  # a stray partial copy
+    db.close()
+    script = f"from dlx.tracking import open_store; c, _ = open_store({uri!r}, 't'); print(c.get_run({run_id!r}).data.tags['kept'])"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "yes", proc.stderr[-2000:]
+    names = {r[0] for r in sqlite3.connect(tmp_path / "mlflow.db").execute("SELECT name FROM sqlite_master")}
+    assert not {n for n in names if n.startswith("_alembic_tmp_")}
