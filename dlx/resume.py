@@ -183,12 +183,16 @@ def resumed_config(saved: dict, current: dict, overrides: list[str], follows: se
 
 
 def typed(config: dict) -> DictConfig:
-    """`config` merged into dlx's schema (dlx.config), each group's by the option its `name` gives: the type
-    and key checks that composing a new run's configuration applies."""
+    """`config`, resolved, merged into dlx's schema (dlx.config), each group's by the option its `name` gives:
+    the type and key checks that composing a new run's configuration applies."""
     from omegaconf.errors import OmegaConfBaseException
 
     from dlx.config import SCHEMAS, Config
 
+    held = sorted(interpolated(config))
+    if held:  # a run stores its configuration resolved: ${oc.env:...} in a file would read this machine's secrets
+        raise ConfigError(f"invalid configuration: {held[0]}={_leaves(config, held[0])[held[0]]} is an interpolation; "
+                          "a stored configuration holds resolved values only")
     schema = OmegaConf.structured(Config)
     for group, options in SCHEMAS.items():
         node = config.get(group)

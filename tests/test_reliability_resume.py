@@ -127,7 +127,8 @@ def test_the_stored_configuration_is_checked_like_a_new_runs(two_runs, tmp_path:
     edits = [("trainer.checkpoint.every_n_epochs", 0, "trainer.checkpoint.every_n_epochs=0 is out of range"),
              ("model.evil", 1, "model.evil"),
              ("model.width", "wide", "model.width"),
-             ("optimizer.name", "mystery", "optimizer.name=mystery: no such option")]
+             ("optimizer.name", "mystery", "optimizer.name=mystery: no such option"),
+             ("tracking.run_name", "${oc.env:HOME}", "tracking.run_name=${oc.env:HOME} is an interpolation")]
     for key, value, needle in edits:
         ckpt = torch.load(last_pt(run), weights_only=True)
         node = OmegaConf.create(ckpt["config"])
