@@ -50,6 +50,9 @@ def prepare_resume(current: dict, overrides: list[str], run_dir: Path, composed:
         config = resumed_config(checkpoint["config"], current, overrides, follows=interpolated(composed))
     except ConfigError as exc:
         raise RunError(f"{where}: {one_line(str(exc))}", 2) from None
+    if config["trainer"]["epochs"] < checkpoint["epoch"]:
+        raise RunError(f"{where}: the checkpoint is at epoch {checkpoint['epoch']}, past trainer.epochs="
+                       f"{config['trainer']['epochs']}: allowed trainer.epochs >= {checkpoint['epoch']}", 2)
     if config["tracking"]["enabled"] and checkpoint["run_id"] is not None:
         check_run(where, path, checkpoint, run, config)
     log.info("resuming from %s (epoch %d, step %d)", path, checkpoint["epoch"], checkpoint["step"])

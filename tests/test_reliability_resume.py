@@ -141,10 +141,12 @@ def test_the_stored_configuration_is_checked_like_a_new_runs(two_runs, tmp_path:
     unchanged(workdir, run)
 
 
-def test_a_finished_run_is_not_reopened_without_more_epochs(two_runs):
+def test_a_finished_run_is_not_reopened_without_more_epochs_and_none_trains_backwards(two_runs):
     workdir, run, _ = two_runs
     again = run_dlx(["train", "trainer.progress=plain", f"trainer.resume={run.info.run_id}"], workdir)
     assert_user_error(again, "is FINISHED", "trainer.epochs=N with N > 2")
+    backwards = run_dlx(["train", "tracking=off", "trainer.epochs=1", f"trainer.resume={last_pt(run)}"], workdir)
+    assert_user_error(backwards, "at epoch 2, past trainer.epochs=1")
     unchanged(workdir, run)
 
 
