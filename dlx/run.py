@@ -124,6 +124,7 @@ def _train(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, che
 
 def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> dict:
     from dlx.callbacks import CheckpointCallback, TrackingCallback
+    from dlx.tracking import StoreUnavailable
 
     t, trainer = cfg["trainer"], built.trainer
     run_id, progress, checkpoints, final = None, None, None, None
@@ -171,6 +172,9 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
     except Pruned as exc:
         status, error = "KILLED", f"pruned: {exc}"
         raise
+    except StoreUnavailable as exc:  # the run could not start in the store: nothing to close there
+        error = str(exc)
+        raise RunError(f"error: {exc}", 1) from None
     except KeyboardInterrupt as exc:
         status, exit_code = "KILLED", 143 if isinstance(exc, Terminated) else 130
         error = "terminated by SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"

@@ -59,7 +59,9 @@ def transient(exc: BaseException) -> bool:
 
     if isinstance(exc, MlflowException):
         return exc.error_code in TRANSIENT_CODES
-    return isinstance(exc, OSError)
+    # a full disk, a read-only file system, a dropped connection; a missing file is a mistake, not a fault
+    return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, IsADirectoryError,
+                                                             NotADirectoryError))
 
 
 def patiently(call, patience: float):
@@ -233,7 +235,8 @@ class Tracker:
                  spool_dir: str | os.PathLike | None = None):
         self.uri, self.artifact_location = resolve_uri(uri, artifact_location)
         self.patience = store_patience()
-        self.client, self.experiment_id = open_store(self.uri, experiment, self.artifact_location)
+        self.client, self.experiment_id = self._patiently(
+            "open the store", lambda: open_store(self.uri, experiment, self.artifact_location))
         self.spool_dir = Path(spool_dir) if spool_dir is not None else Path("outputs") / "spool"
         self.run_id: str | None = None
         self._artifact_uri: str | None = None
@@ -245,15 +248,25 @@ class Tracker:
     def start(self, *, run_name: str | None, tags: dict[str, str], parent_run_id: str | None = None) -> str:
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        run = patiently(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags),
-                        self.patience)
+        run = self._patiently("create the run", lambda: self.client.create_run(
+            self.experiment_id, run_name=run_name, tags=tags))
         self._attach(run.info.run_id, run.info.artifact_uri)
         return self.run_id
 
     def resume(self, run_id: str) -> str:
-        patiently(lambda: self.client.update_run(run_id, status="RUNNING"), self.patience)
-        self._attach(run_id, patiently(lambda: self.client.get_run(run_id).info.artifact_uri, self.patience))
+        self._patiently("reopen the run", lambda: self.client.update_run(run_id, status="RUNNING"))
+        self._attach(run_id, self._patiently("reopen the run", lambda: self.client.get_run(run_id).info.artifact_uri))
         return run_id
+
+    def _patiently(self, what: str, call):
+        """Before the run has a spool: a store that stays unavailable ends the command (StoreUnavailable)."""
+        try:
+            return patiently(call, self.patience)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            raise StoreUnavailable(f"could not {what} in the tracking store {self.uri} within {self.patience:g} s "
+                                   f"({_first_line(exc)}); nothing was written") from None
 
     def _attach(self, run_id: str, artifact_uri: str) -> None:
         from dlx.metric_writer import MetricWriter

@@ -71,7 +71,7 @@ def points(client, run_id: str, keys) -> Counter:
     return Counter((m.key, m.step, m.value, m.timestamp) for k in keys for m in client.get_metric_history(run_id, k))
 
 
-@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("n", [2, 4, pytest.param(8, marks=pytest.mark.slow)])
 def test_processes_that_create_a_new_store_at_once_all_finish(n, workdir):
     procs = [start_train(workdir, "trainer.epochs=1", f"tracking.run_name=p{i}") for i in range(n)]
     for p in procs:
@@ -118,7 +118,7 @@ def test_a_store_locked_past_the_patience_leaves_a_spool_that_dlx_sync_replays(w
 def test_a_lock_across_the_end_of_the_run_is_waited_out(workdir):
     proc = start_train(workdir, f"trainer.epochs={EPOCHS}", DLX_STORE_PATIENCE="120")
     wait_for_line(proc, f"epoch 1/{EPOCHS}")
-    lock = Lock(workdir / "outputs" / "mlflow.db", seconds=25)  # longer than MLflow's own 20 s wait
+    lock = Lock(workdir / "outputs" / "mlflow.db", seconds=22)  # longer than MLflow's own 20 s wait
     lock.start()
     assert lock.taken.wait(60)
     out, err = finish(proc)
