@@ -128,7 +128,12 @@ def store_lock(db: Path):
     """An exclusive flock on `<db>.lock` beside the SQLite file, across processes: MLflow creates and
     migrates the schema in the first client call, and two processes doing that at once left the store
     unusable (alembic errors, `_alembic_tmp_*` tables: 7 of 8 processes started together failed)."""
-    with open(db.with_name(db.name + ".lock"), "a") as f:
+    try:
+        f = open(db.with_name(db.name + ".lock"), "a")  # noqa: SIM115 - held across the yield
+    except OSError:  # a read-only folder: nobody can create or migrate the schema there either
+        yield
+        return
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
