@@ -63,8 +63,12 @@ class Lock(threading.Thread):
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return out, err
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
 
 
 def points(client, run_id: str, keys) -> Counter:
@@ -154,3 +158,54 @@ def test_the_points_of_a_sigkilled_run_are_recovered_by_dlx_sync(workdir):
     assert max(held.values()) == 1
     assert client.get_run(run_id).info.status == "RUNNING"  # killed: resumable, not closed
     assert not path.exists() and os.listdir(path.parent)
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_mid_run_costs_seconds_and_loses_no_point(workdir):
+    """MLflow's own retries kept each call to a dead server waiting for minutes."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+
+    def serve() -> subprocess.Popen:
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                                   f"sqlite:///{workdir / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
+                                   "--workers", "1"], cwd=workdir, env=dlx_env(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                return server
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("the MLflow server did not start")
+
+    server = serve()
+    proc = start_train(workdir, f"trainer.epochs={EPOCHS * 3}", f"tracking.uri={uri}", DLX_STORE_PATIENCE="5")
+    try:
+        wait_for_line(proc, f"epoch 3/{EPOCHS * 3}")
+    finally:
+        server.terminate()
+        server.wait(30)
+    killed = time.monotonic()
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 1 and time.monotonic() - killed < 60, err[-3000:]
+    assert "Traceback" not in err and "dlx sync replays them" in err
+    server = serve()
+    try:
+        synced = run_dlx(["sync", "--uri", uri], workdir)
+        assert synced.returncode == 0, synced.stderr
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("dlx").experiment_id])
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+        assert sorted(steps) == list(range(1, EPOCHS * 3 + 1))
+    finally:
+        server.terminate()
+        server.wait(30)
