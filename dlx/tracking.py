@@ -156,6 +156,18 @@ def _repair(db: Path) -> None:
         con.close()
 
 
+def _made_by_mlflow(db: Path) -> bool:
+    if not db.is_file():
+        return False
+    con = sqlite3.connect(db, timeout=60)
+    try:
+        return bool(con.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchall())
+    except sqlite3.DatabaseError:  # not a SQLite file at all: not for dlx to touch
+        return False
+    finally:
+        con.close()
+
+
 def _upgrade(uri: str, db: Path, cause: Exception) -> None:
     """Bring a store whose schema is behind to the current one with MLflow's own `mlflow db upgrade`, after
     copying the file aside; raises StoreUnavailable with where the copy is when that fails."""
@@ -165,7 +177,8 @@ def _upgrade(uri: str, db: Path, cause: Exception) -> None:
                 db, str(cause).splitlines()[0][:200], backup)
     done = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], capture_output=True, text=True)
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        lines = done.stderr.strip().splitlines() or ["?"]
+        last = next((line for line in reversed(lines) if "Error" in line), lines[-1])[:300]
         raise StoreUnavailable(f"the MLflow store {db} cannot be opened and `mlflow db upgrade` failed ({last}); "
                                f"its runs are untouched in {backup}") from cause
 
@@ -187,11 +200,12 @@ def open_client(uri: str):
     db.parent.mkdir(parents=True, exist_ok=True)
     with store_lock(db):
         _repair(db)
-        client = MlflowClient(tracking_uri=uri)
-        try:
-            client.search_experiments(max_results=1)  # MLflow creates or checks the schema here
+        try:  # MLflow creates or checks the schema when the client makes its store
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
         except MlflowException as exc:
-            if not db.is_file() or transient(exc):
+            # a locked file is waited for by the caller; a file MLflow made whose schema it refuses is upgraded
+            if exc.error_code == "TEMPORARILY_UNAVAILABLE" or not _made_by_mlflow(db):
                 raise
             _upgrade(uri, db, exc)
             client = MlflowClient(tracking_uri=uri)
