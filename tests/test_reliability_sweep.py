@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import all_runs, run_dlx
+from conftest import all_runs, client_for, run_dlx
 
 TINY = ["model.width=16", "trainer.epochs=1"]
 
@@ -166,3 +166,27 @@ def test_a_resumed_sweep_does_not_take_over_a_run_that_is_not_its_parent(stored)
     assert len(after) == before
     assert after[trial.info.run_id].info.status == "FINISHED"
     assert after[trial.info.run_id].info.end_time == trial.info.end_time
+
+
+def test_a_trial_whose_run_finished_as_the_sweep_died_is_not_run_again(stored):
+    """A SIGKILL of the sweep just as a trial ended: the trial's run is FINISHED in MLflow, but the study
+    never heard. Resume takes the run's result instead of training the trial again (which left two FINISHED
+    runs of one configuration under the parent, and a report counting that seed twice)."""
+    import optuna
+    from mlflow.entities import Metric
+
+    name = tamper(stored)
+    storage = f"sqlite:///{stored / 'outputs' / 'optuna.db'}"
+    study = optuna.load_study(study_name=name, storage=storage)
+    left = study.ask().number
+    client = client_for(stored)
+    parent = client.get_run(study.user_attrs["dlx.parent_run_id"])
+    run = client.create_run(parent.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id,
+                                                             "trial": str(left)})
+    client.log_batch(run.info.run_id, metrics=[Metric("val/acc", 0.625, 0, 1)])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    proc = run_dlx(["sweep", "--resume", name], stored, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trial = optuna.load_study(study_name=name, storage=storage).trials[left]
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.625
+    assert trial.user_attrs["dlx.outcome"] == "ok" and trial.user_attrs["dlx.run_id"] == run.info.run_id

@@ -39,22 +39,30 @@ def storage_for(url: str):
     return optuna.storages.get_storage(url)
 
 
-def settle_interrupted(study, storage_url: str, reason: str) -> list[int]:
-    """Tell FAIL, as interrupted (run again on resume), the trials a crashed or stopped sweep left
-    RUNNING; returns their numbers. A Study sets user attrs only on the trials it hands out, so the attrs
-    of these go through the storage's own public API."""
+def settle_interrupted(study, storage_url: str, reason: str, completed: dict[int, tuple[float, dict]] | None = None
+                       ) -> list[int]:
+    """Settle the trials a crashed or stopped sweep left RUNNING; returns their numbers. Those in `completed`
+    (number -> (objective value, user attrs)) finished their run although the sweep never heard it (it died
+    as they ended): told COMPLETE with that value, not run again. The others are told FAIL as interrupted
+    (run again on resume). A Study sets user attrs only on the trials it hands out, so the attrs of these go
+    through the storage's own public API."""
     from optuna.trial import TrialState
 
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not stale:
         return []
+    completed = completed or {}
     storage = storage_for(storage_url)
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in stale:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(trial_id, "dlx.outcome", "interrupted")
-        storage.set_trial_user_attr(trial_id, "dlx.reason", reason)
-        study.tell(t.number, state=TrialState.FAIL)
+        value, attrs = completed.get(t.number, (None, {"dlx.outcome": "interrupted", "dlx.reason": reason}))
+        for key, attr in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, attr)
+        if value is None:
+            study.tell(t.number, state=TrialState.FAIL)
+        else:
+            study.tell(t.number, value, state=TrialState.COMPLETE)
     return [t.number for t in stale]
 
 

@@ -137,12 +137,22 @@ class Sweep:
         return params
 
     def _settle_stale(self) -> None:
-        """Trials a crashed or stopped sweep left open: told FAIL as interrupted (run again), and
-        their MLflow runs, if still RUNNING, closed as FAILED with the reason."""
+        """Trials a crashed or stopped sweep left open. One whose run FINISHED with a finite objective is
+        told COMPLETE with it: a SIGKILL of the sweep as a trial ended left a whole result that running the
+        trial again would count twice. The rest are told FAIL as interrupted (run again), and their MLflow
+        runs, if still RUNNING, closed as FAILED with the reason."""
         from dlx.sweep.study import settle_interrupted
 
         runs = self.parent.children() if self.parent else {}
-        settle_interrupted(self.study, self.storage, "the sweep ended before the trial")
+        completed = {}
+        for number, run in runs.items():
+            value = run.data.metrics.get(self.objective)
+            if run.info.status == "FINISHED" and value is not None and math.isfinite(value):
+                attrs = {"dlx.outcome": "ok", "dlx.run_id": run.info.run_id,
+                         "dlx.seconds": (run.info.end_time - run.info.start_time) / 1000,
+                         "dlx.metrics": {k: v for k, v in run.data.metrics.items() if k in METRICS_KEPT}}
+                completed[number] = (float(value), attrs)
+        settle_interrupted(self.study, self.storage, "the sweep ended before the trial", completed)
         for run in runs.values():
             if run.info.status == "RUNNING":
                 self.parent.close_dangling(run, "its process ended without closing the run (sweep stopped)")
