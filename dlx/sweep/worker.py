@@ -139,16 +139,25 @@ def serve(inbox_fd: int, outbox_fd: int, parent: int) -> None:
         if job is None:
             _leave()
         idx, overrides = job
-        outbox.send(("started", idx, os.getpid()))
+        _tell_parent(outbox, ("started", idx, os.getpid()))
         ret = run_trial(idx, overrides, init)
         try:
-            outbox.send(("done", idx, ret))
+            _tell_parent(outbox, ("done", idx, ret))
         except (pickle.PicklingError, TypeError, AttributeError) as exc:  # an unpicklable return value
             from hydra.core.utils import JobStatus
 
             ret.status, ret.return_value = JobStatus.FAILED, RuntimeError(
                 f"the trial's result cannot be sent back from its worker: {type(exc).__name__}: {exc}")
-            outbox.send(("done", idx, ret))
+            _tell_parent(outbox, ("done", idx, ret))
+
+
+def _tell_parent(outbox: Connection, message: tuple) -> None:
+    """Send to the sweep; when it is gone (SIGKILL) there is nobody to tell: the trial's run is closed in
+    the store, and a resumed sweep reads its outcome there. Leave quietly."""
+    try:
+        outbox.send(message)
+    except (BrokenPipeError, ConnectionResetError):
+        _leave()
 
 
 def _leave() -> None:
