@@ -41,6 +41,17 @@ def redact_text(text: str) -> str:
     return _text(text, _env_secrets())
 
 
+def command_line(args: list[str]) -> str:
+    """The words of a command joined for a tag, each masked on its own: `key=value` with a secret key loses
+    its whole value, spaces included (joined first, only the value's first word would match)."""
+    secrets = _env_secrets()
+    out = []
+    for arg in args:
+        key, eq, _ = arg.partition("=")
+        out.append(f"{key}={MASK}" if eq and is_secret_key(key.lstrip("+~")) else _text(arg, secrets))
+    return " ".join(out)
+
+
 def _redact(value: Any, key: str, secrets: list[str]) -> Any:
     if key and is_secret_key(key) and value is not None and not isinstance(value, (dict, list, tuple)):
         return MASK

@@ -281,11 +281,11 @@ def record_resumed(tracker, cfg: dict, saved: dict, run_dir: Path) -> None:
     changed = {f"dlx.param.{k}": "null" if v is None else v for k, v in new.items()
                if may_change(k) and old.get(k, _ABSENT) != v}
     if changed:
-        tracker.set_tags(redact(changed))
+        tracker.set_tags(changed)
     logged = tracker.client.get_run(tracker.run_id).data.params
     missing = {k: v for k, v in new.items() if k not in logged}
     if missing:
-        tracker.log_params(redact(missing))
+        tracker.log_params(missing)
     config_path = run_dir / "config.yaml"
     config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(redact(cfg))))
     tracker.log_artifact(config_path)

@@ -23,6 +23,7 @@ import dlx
 from dlx.compose import check_config
 from dlx.config import ConfigError
 from dlx.errors import Pruned, RunError, Terminated  # noqa: F401 - re-exported: dlx.run.RunError
+from dlx.redact import command_line
 from dlx.resume import prepare_resume, record_resumed
 from dlx.store_check import probe as probe_store
 
@@ -70,7 +71,7 @@ def runtime_tags(device) -> dict[str, str]:
         "dlx.python_version": platform.python_version(),
         "dlx.device": str(device),
         "dlx.device_name": name,
-        "dlx.command": " ".join(COMMAND_LINE or sys.argv),
+        "dlx.command": command_line(COMMAND_LINE or sys.argv),
         "mlflow.source.name": "dlx train",
         "mlflow.source.type": "LOCAL",
     }
@@ -230,18 +231,16 @@ def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint) -> 
 
     if checkpoint is not None and checkpoint.get("run_id") and tracker.enabled:
         run_id = tracker.resume(checkpoint["run_id"])
-        tracker.set_tags(redact({"dlx.resumed_from_epoch": str(checkpoint["epoch"]),
-                                 "dlx.command": " ".join(COMMAND_LINE)}))
+        tracker.set_tags({"dlx.resumed_from_epoch": str(checkpoint["epoch"]), "dlx.command": command_line(COMMAND_LINE)})
         record_resumed(tracker, cfg, checkpoint["config"], run_dir)
         return run_id
     m, o, d = cfg["model"]["name"], cfg["optimizer"]["name"], cfg["dataset"]["name"]
     name = cfg["tracking"]["run_name"] or f"{m}-{o}-{d}-s{cfg['trainer']['seed']}"
-    tags = redact({**runtime_tags(built.device), **git_info(),
-                   **{f"dlx.choice.{g}": c for g, c in choices.items()},
-                   "dlx.overrides": " ".join(overrides), **cfg["tracking"]["tags"]})
+    tags = {**runtime_tags(built.device), **git_info(), **{f"dlx.choice.{g}": c for g, c in choices.items()},
+            "dlx.overrides": " ".join(overrides), **cfg["tracking"]["tags"]}  # secrets are masked by the tracker
     run_id = tracker.start(run_name=name, tags=tags, parent_run_id=cfg["tracking"].get("parent_run_id"))
     if run_id:
-        params = redact(flatten(cfg))
+        params = flatten(cfg)
         params.update({"model.num_params": built.num_params, "data.n_train": len(built.data.x_train),
                        "data.n_val": len(built.data.x_val), "data.n_test": len(built.data.x_test)})
         tracker.log_params(params)

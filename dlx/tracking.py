@@ -265,6 +265,10 @@ class Tracker:
         self.down: BaseException | None = None  # what the store answered when it ran out of patience
 
     def start(self, *, run_name: str | None, tags: dict[str, str], parent_run_id: str | None = None) -> str:
+        from dlx.redact import redact, redact_text
+
+        tags = redact(dict(tags))
+        run_name = redact_text(run_name) if run_name else run_name
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
         run = self._patiently("create the run", lambda: self.client.create_run(
@@ -325,9 +329,13 @@ class Tracker:
             return False
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """Log params, secrets masked (dlx.redact): this and set_tags are where anything of the run's
+        configuration or command line reaches the store."""
         from mlflow.entities import Param
 
-        values = {k: _param_value(v) for k, v in params.items()}
+        from dlx.redact import redact
+
+        values = {k: _param_value(v) for k, v in redact(dict(params)).items()}
         items = [Param(k, v) for k, v in values.items()]
         for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
             chunk = items[start:start + MAX_PARAMS_PER_BATCH]
@@ -337,7 +345,9 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        values = {k: str(v)[:5000] for k, v in tags.items()}
+        from dlx.redact import redact
+
+        values = {k: str(v)[:5000] for k, v in redact(dict(tags)).items()}
         items = [RunTag(k, v) for k, v in values.items()]
         if not self._attempt(lambda: self.client.log_batch(self.run_id, tags=items)):
             self._spool.record("t", values)

@@ -22,7 +22,7 @@ import pytest
 from conftest import QUICK, all_runs, client_for, dlx_env, run_dlx
 
 from dlx.config import ConfigError
-from dlx.redact import MASK, is_secret_key, redact, redact_text
+from dlx.redact import MASK, command_line, is_secret_key, redact, redact_text
 from dlx.store_check import MAX_EXPERIMENT_NAME, probe, safe_dirname
 
 
@@ -162,11 +162,11 @@ def test_safe_dirname_keeps_plain_names_and_separates_the_rest():
 
 # -------------------------------------------------------------------------------------------- secrets
 def test_no_secret_reaches_params_tags_or_the_logged_config(workdir):
-    token, password, tag = "tok-env-5f3a9c", "pw-uri-77d1e2", "tok-cli-a81b44"
+    token, password, tag, tail = "tok-env-5f3a9c", "pw-uri-77d1e2", "tok-cli-a81b44", "tail-9d2c61"
     env = dlx_env(MY_SECRET_TOKEN=token)
     proc = run_dlx(["train", *QUICK, "trainer.epochs=1", "+tracking.tags.note=${oc.env:MY_SECRET_TOKEN}",
                     f"+tracking.tags.db='postgresql://ann:{password}@db.example/x'",
-                    f"+tracking.tags.api_token={tag}"], workdir, timeout=180, env=env)
+                    f"+tracking.tags.api_token='{tag} {tail}'"], workdir, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = all_runs(workdir)
     params, tags = run.data.params, run.data.tags
@@ -178,7 +178,7 @@ def test_no_secret_reaches_params_tags_or_the_logged_config(workdir):
     config = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(workdir.parent))).read_text()
     assert "ann:***@db.example" in config
     logged = [*params.values(), *tags.values(), config]
-    for secret in (token, password, tag):
+    for secret in (token, password, tag, tail):  # a value with a space is masked whole in dlx.command too
         leaks = [v for v in logged if secret in v]
         assert leaks == [], f"{secret} was logged: {leaks}"
 
@@ -223,6 +223,11 @@ def test_redact_masks_uri_passwords_assignments_and_environment_secrets(monkeypa
     assert redact(tree) == {"a": {"token": MASK, "uri": "mysql://root:***@h/db", "list": ["http://x:***@z", 1]},
                             "seed": 1}
     assert redact_text("http://host:5000/path and user@host") == "http://host:5000/path and user@host"
+
+
+def test_a_command_line_is_masked_word_by_word():
+    args = ["dlx", "train", "+tracking.tags.api_token='two words'", "tracking.uri=http://u:pw@h", "seed=1"]
+    assert command_line(args) == "dlx train +tracking.tags.api_token=*** tracking.uri=http://u:***@h seed=1"
 
 
 # -------------------------------------------------------------------------------------------- dlx ui

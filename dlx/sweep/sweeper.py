@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from dlx.redact import command_line
 from dlx.sweep.hygiene import interrupt_code
 from dlx.sweep.progress import SweepProgress, TrialRecord
 from dlx.sweep.settings import default_storage, plan_total, resolve_method
@@ -94,7 +95,7 @@ class Sweep:
             prefix = OmegaConf.select(self.cfg, "study.name", default=None) or "sweep"
             self.study = create_study(self.storage, self.s.study_name, prefix, direction=self.direction,
                                       sampler=sampler, pruner=pruner)
-            attrs = {"dlx.overrides": self.definition, "dlx.command": " ".join(self._command()),
+            attrs = {"dlx.overrides": self.definition, "dlx.command": command_line(self._command()),
                      "dlx.method": self.method, "dlx.objective": self.objective, "dlx.total": self.total,
                      "dlx.sweep_dir": str(self.sweep_dir.resolve()), "dlx.started": dt.datetime.now().isoformat(),
                      "dlx.pruner": spec}
@@ -119,7 +120,7 @@ class Sweep:
     def _parent_tags(self) -> dict[str, Any]:
         from dlx.run import git_info
 
-        tags = {"dlx.command": " ".join(self._command()), "dlx.sweep.study": self.study.study_name,
+        tags = {"dlx.command": command_line(self._command()), "dlx.sweep.study": self.study.study_name,
                 "dlx.sweep.storage": self.storage, "dlx.sweep.dir": str(self.sweep_dir.resolve()),
                 "mlflow.source.name": "dlx sweep", "mlflow.source.type": "LOCAL", **git_info()}
         study = OmegaConf.select(self.cfg, "study", default=None)
