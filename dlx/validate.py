@@ -116,7 +116,9 @@ def validate(cfg: DictConfig) -> None:
     problems += _batch_norm_problems(cfg)
     problems += store_problems(cfg.tracking) if "tracking" in cfg else []  # address and experiment name
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        # one problem, one line; several, one line each under a header
+        raise ConfigError(problems[0] if len(problems) == 1 else
+                          f"{len(problems)} problems in the configuration:\n  " + "\n  ".join(problems))
 
 
 # keys whose default is an interpolation of another key (conf/): report the source only
