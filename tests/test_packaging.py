@@ -280,3 +280,18 @@ def test_train_cfg_job_applies_overrides(tmp_path):
     assert cfg["optimizer"]["name"] == "sgd" and cfg["optimizer"]["lr"] == pytest.approx(0.05)
     assert cfg["dataset"]["name"] == "digits"
 
+
+
+# the last release of each dependency with a known hole: torch.load(weights_only=True) bypass (fixed in 2.6),
+# instantiate without the block-list of dangerous targets (1.3.4), MLflow server advisories (through 3.10.1)
+VULNERABLE = {"torch": "2.5.1", "hydra-core": "1.3.3", "mlflow": "3.10.1"}
+
+
+@pytest.mark.parametrize("name, version", VULNERABLE.items())
+def test_dependency_floors_exclude_releases_with_known_holes(name, version):
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    deps = [Requirement(d) for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    (req,) = [r for r in deps if r.name == name]
+    assert not req.specifier.contains(version), f"{req} admits {name} {version}"
