@@ -16,10 +16,12 @@ class PruningCallback(Callback):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.objective, self.prune = objective, prune
         from dlx.sweep.pruners import study_pruner
+        from dlx.sweep.study import storage_for
 
-        loaded = optuna.load_study(study_name=study, storage=storage)
+        backend = storage_for(storage)  # the storage's public API names the trial's id
+        loaded = optuna.load_study(study_name=study, storage=backend)
         loaded.pruner = study_pruner(loaded)  # Optuna does not store a study's pruner; the sweep records it
-        trial_id = loaded._storage.get_trial_id_from_study_id_trial_number(loaded._study_id, number)
+        trial_id = backend.get_trial_id_from_study_id_trial_number(backend.get_study_id_from_name(study), number)
         self.trial = optuna.trial.Trial(loaded, trial_id)
 
     def on_epoch_end(self, trainer, state, metrics):
