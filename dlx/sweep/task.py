@@ -33,7 +33,12 @@ def run_trial(cfg: DictConfig) -> dict:
         log.info("trial pruned: %s", exc)
         raise
     except BaseException as exc:
-        log.error("trial failed: %s: %s\n%s", type(exc).__name__, exc, traceback.format_exc())
+        from dlx.sweep.hygiene import interrupt_code
+
+        if interrupt_code(exc):  # Ctrl-C or SIGTERM of the sweep: the user's stop, not a failure to trace
+            log.warning("trial interrupted: %s", str(exc).strip() or type(exc).__name__)
+        else:
+            log.error("trial failed: %s: %s\n%s", type(exc).__name__, exc, traceback.format_exc())
         _upload_logs(cfg)
         raise
     finally:
