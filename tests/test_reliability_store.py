@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -160,31 +162,35 @@ def test_the_points_of_a_sigkilled_run_are_recovered_by_dlx_sync(workdir):
     assert not path.exists() and os.listdir(path.parent)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(workdir: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:port with its own SQLite store in workdir, once it answers."""
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                               f"sqlite:///{workdir / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "1"], cwd=workdir, env=dlx_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return server
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise AssertionError("the MLflow server did not start")
+
+
 @pytest.mark.slow
 def test_a_server_that_dies_mid_run_costs_seconds_and_loses_no_point(workdir):
     """MLflow's own retries kept each call to a dead server waiting for minutes."""
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
 
-    def serve() -> subprocess.Popen:
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                                   f"sqlite:///{workdir / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
-                                   "--workers", "1"], cwd=workdir, env=dlx_env(), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                return server
-            except OSError:
-                time.sleep(0.5)
-        raise AssertionError("the MLflow server did not start")
-
-    server = serve()
+    server = serve(workdir, port)
     proc = start_train(workdir, f"trainer.epochs={EPOCHS * 3}", f"tracking.uri={uri}", DLX_STORE_PATIENCE="5")
     try:
         wait_for_line(proc, f"epoch 3/{EPOCHS * 3}")
@@ -195,7 +201,7 @@ def test_a_server_that_dies_mid_run_costs_seconds_and_loses_no_point(workdir):
     out, err = finish(proc, timeout=120)
     assert proc.returncode == 1 and time.monotonic() - killed < 60, err[-3000:]
     assert "Traceback" not in err and "dlx sync replays them" in err
-    server = serve()
+    server = serve(workdir, port)
     try:
         synced = run_dlx(["sync", "--uri", uri], workdir)
         assert synced.returncode == 0, synced.stderr
