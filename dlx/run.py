@@ -210,14 +210,10 @@ def _write_pending(checkpoints) -> None:
 
 
 def _open_tracker(tcfg: dict):
-    from dlx.tracking import NullTracker, StoreUnavailable, Tracker, store_patience
+    from dlx.tracking import NullTracker, StoreUnavailable, Tracker
 
     if not tcfg["enabled"]:
         return NullTracker()
-    try:
-        store_patience()
-    except StoreUnavailable as exc:  # a malformed DLX_STORE_PATIENCE
-        raise RunError(str(exc), 2) from None
     try:  # the spool sits in the run's folder, beside its log
         return Tracker(uri=tcfg["uri"], experiment=tcfg["experiment"], artifact_location=tcfg["artifact_location"],
                        spool_dir=hydra_runtime()[0])

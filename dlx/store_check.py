@@ -62,7 +62,13 @@ def problems(tracking) -> list[str]:
     """What is wrong with the store address and the experiment name, without touching either."""
     if not tracking["enabled"]:
         return []
+    from dlx.tracking import StoreUnavailable, store_patience
+
     out = []
+    try:
+        store_patience()
+    except StoreUnavailable as exc:  # an environment variable, checked with the config it governs
+        out.append(str(exc))
     name = tracking["experiment"]
     if not name:
         out.append("tracking.experiment='' is not valid: allowed a name of 1 to "

@@ -65,6 +65,14 @@ def test_unusable_store_is_refused_before_any_data(override, key, says, workdir)
     assert not (workdir / "foo.db").exists() and not (workdir / "mlruns").exists()
 
 
+def test_a_malformed_store_patience_is_refused_before_any_data(workdir):
+    start = time.monotonic()
+    proc = run_dlx(["train", *QUICK], workdir, timeout=120, env=dlx_env(DLX_STORE_PATIENCE="soon"))
+    line = assert_refused(proc, "DLX_STORE_PATIENCE", time.monotonic() - start, workdir)
+    assert "a number of seconds" in line, line
+    assert not (workdir / "outputs").exists()  # refused before Hydra made the run's folder, let alone the data
+
+
 def test_dead_server_is_refused_in_seconds(workdir):
     """Today: 251 s of MLflow's retries, then a 117-line traceback, after the data loaded."""
     start = time.monotonic()
