@@ -87,6 +87,9 @@ def cmd_train(args: list[str]) -> int:
     if "-m" in args or "--multirun" in args:
         return error("-m/--multirun is not for dlx train, which runs one job: use dlx sweep with the same "
                      "overrides (dlx sweep optimizer=sgd,adam seed=0,1,2)", 2)
+    if any(a.split("=", 1)[0] == "--experimental-rerun" for a in args):
+        return error("--experimental-rerun loads a pickled config, and unpickling can run any code: not "
+                     "accepted; repeat the overrides of the run instead (its .hydra/overrides.yaml)", 2)
     from dlx.config import ConfigError
 
     if {"--help", "-h"}.intersection(args):

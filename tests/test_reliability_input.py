@@ -9,6 +9,7 @@ config; `dlx ui` serves beyond this machine only when asked to, with a warning.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -277,3 +278,23 @@ def test_ui_command_exposed_with_auth_and_allowed_hosts(tmp_path):
     else:
         cmd = ui_command(uri=uri, host="0.0.0.0", port=5000, expose=True, auth=True)
         assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
+
+
+def test_a_pickled_config_is_not_loaded(workdir):
+    """Hydra's --experimental-rerun unpickles a file, and a pickle can run code: a tampered run folder."""
+    marker = workdir / "MARKER"
+    pickled = workdir / "config.pickle"
+    pickled.write_bytes(pickle.dumps(_Opener(str(marker))))
+    proc = run_dlx(["train", f"--experimental-rerun={pickled}"], workdir, timeout=120)
+    assert proc.returncode == 2 and "--experimental-rerun" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+class _Opener:
+    """Unpickling it creates a file: what a pickle planted in a run folder could do."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
