@@ -20,3 +20,7 @@ class RunError(RuntimeError):
         # pickle rebuilds an exception from self.args, which lacks exit_code: a sweep worker could not
         # send a RunError back with its exit code
         return type(self), (str(self), self.exit_code)
+
+
+class StoreUnavailable(RuntimeError):
+    """The store did not take what the run had for it within the patience: it is kept in the spool."""

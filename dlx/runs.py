@@ -53,7 +53,7 @@ def list_runs(*, uri: str | None, experiment: str | None, limit: int) -> int:
 
 def _client(uri: str):
     from dlx.spool import replay_pending
-    from dlx.tracking import open_client
+    from dlx.store import open_client
 
     client = open_client(uri)  # the schema checked under the store's lock
     replay_pending(uri, client)  # what runs could not write to this store before: listed complete

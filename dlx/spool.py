@@ -157,7 +157,7 @@ def replay(path: Path, client=None) -> dict:
         if content["run_id"] is None:
             raise ValueError(f"{path} is not a dlx spool (no header line)")
         if client is None:
-            from dlx.tracking import open_client
+            from dlx.store import open_client
 
             client = open_client(content["uri"])
         run_id = content["run_id"]

@@ -74,9 +74,9 @@ class Target:
 def open_client(uri: str):
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise ReportError(f"no MLflow store at {uri}; `dlx train` or `dlx sweep` creates it")
-    from mlflow import MlflowClient
+    from dlx.store import open_client as open_store_client
 
-    return MlflowClient(tracking_uri=uri)
+    return open_store_client(uri)  # a store that another process is migrating is waited for, not raced
 
 
 def record(run) -> RunRecord:

@@ -28,7 +28,7 @@ def store_of(tracking: DictConfig | dict) -> tuple[str, str | None]:
 
 
 def trial_client(cfg: DictConfig):
-    from dlx.tracking import open_client  # the schema check under the store's lock
+    from dlx.store import open_client  # the schema check under the store's lock
 
     return open_client(store_of(cfg.tracking)[0])
 
@@ -52,7 +52,7 @@ def check_parent(tracking: DictConfig, run_id: Any, study: str) -> None:
     from mlflow.exceptions import MlflowException
 
     from dlx.config import ConfigError
-    from dlx.tracking import open_client
+    from dlx.store import open_client
 
     uri = store_of(tracking)[0]
     run = None
