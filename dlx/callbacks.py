@@ -7,23 +7,13 @@ from pathlib import Path
 
 
 class TrackingCallback:
-    """Metrics into the tracker's buffer; the buffer goes to the writer thread once per epoch.
-
-    A resumed run replays the steps between its checkpoint and the moment it stopped, whose points the
-    store may already hold (a SIGTERM flushes the epoch it cuts; after a SIGKILL the checkpoint can be
-    epochs behind the curves), and MLflow keeps every point it is sent: a (metric, step) the run already
-    has is not logged again. With trainer.deterministic=true the replay computes the same values."""
+    """Metrics into the tracker's buffer; the buffer goes to the writer thread once per epoch. (On resume the
+    tracker leaves out the points its run already holds.)"""
 
     def __init__(self, tracker):
         self.tracker = tracker
-        self.logged: set[tuple[str, int]] = set()  # points of a resumed run beyond its checkpoint
 
-    def on_fit_start(self, trainer, state):
-        if state.epoch and self.tracker.enabled and self.tracker.run_id:
-            from dlx.resume import logged_points
-
-            # steps are at least epochs: every point the replay could log has a step above state.epoch
-            self.logged = logged_points(self.tracker.client, self.tracker.run_id, after=state.epoch)
+    def on_fit_start(self, trainer, state): ...
 
     def on_step(self, trainer, state): ...
 
@@ -39,8 +29,6 @@ class TrackingCallback:
         self.tracker.flush()
 
     def _log(self, metrics: dict, step: int) -> None:
-        if self.logged:
-            metrics = {k: v for k, v in metrics.items() if (k, step) not in self.logged}
         if metrics:
             self.tracker.log_metrics(metrics, step=step)
 

@@ -289,9 +289,3 @@ def record_resumed(tracker, cfg: dict, saved: dict, run_dir: Path) -> None:
     config_path = run_dir / "config.yaml"
     config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(redact(cfg))))
     tracker.log_artifact(config_path)
-
-
-def logged_points(client, run_id: str, after: int) -> set[tuple[str, int]]:
-    """The (metric, step) points the run holds with a step above `after`."""
-    keys = client.get_run(run_id).data.metrics
-    return {(key, m.step) for key in keys for m in client.get_metric_history(run_id, key) if m.step > after}

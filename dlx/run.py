@@ -226,7 +226,7 @@ def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint) -> 
     from dlx.tracking import flatten
 
     if checkpoint is not None and checkpoint.get("run_id") and tracker.enabled:
-        run_id = tracker.resume(checkpoint["run_id"])
+        run_id = tracker.resume(checkpoint["run_id"], after_step=checkpoint["epoch"])
         tracker.set_tags({"dlx.resumed_from_epoch": str(checkpoint["epoch"]), "dlx.command": command_line(COMMAND_LINE)})
         record_resumed(tracker, cfg, checkpoint["config"], run_dir)
         return run_id

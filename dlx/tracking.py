@@ -157,6 +157,7 @@ class Tracker:
         self.run_id: str | None = None
         self._artifact_uri: str | None = None
         self._buffer: list = []
+        self._held: set[tuple[str, int]] = set()  # (metric, step) a resumed run holds past its checkpoint
         self._writer = None  # dlx.metric_writer's, once a run is attached
         self._spool = None
         self.down: BaseException | None = None  # what the store answered when it ran out of patience
@@ -173,9 +174,17 @@ class Tracker:
         self._attach(run.info.run_id, run.info.artifact_uri)
         return self.run_id
 
-    def resume(self, run_id: str) -> str:
+    def resume(self, run_id: str, after_step: int = 0) -> str:
+        """Reopen `run_id` to continue from a checkpoint taken at `after_step`. The steps after it are trained
+        again, and the store may already hold their points (a SIGTERM flushes the epoch it cuts; after a
+        SIGKILL the checkpoint can be epochs behind the curves): MLflow keeps every point it is sent, so a
+        (metric, step) the run already has past the checkpoint is not logged again, whoever logs it."""
         self._patiently("reopen the run", lambda: self.client.update_run(run_id, status="RUNNING"))
-        self._attach(run_id, self._patiently("reopen the run", lambda: self.client.get_run(run_id).info.artifact_uri))
+        run = self._patiently("reopen the run", lambda: self.client.get_run(run_id))
+        self._held = self._patiently("read the run's curves", lambda: {
+            (key, m.step) for key in run.data.metrics
+            for m in self.client.get_metric_history(run_id, key) if m.step > after_step})
+        self._attach(run_id, run.info.artifact_uri)
         return run_id
 
     def _patiently(self, what: str, call):
@@ -252,7 +261,7 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffer the points as (key, value, timestamp ms, step); they reach the store at the next `flush`."""
         now = int(time.time() * 1000)
-        self._buffer.extend((k, float(v), now, step) for k, v in metrics.items())
+        self._buffer.extend((k, float(v), now, step) for k, v in metrics.items() if (k, step) not in self._held)
 
     def flush(self, wait: bool = False) -> None:
         """Hand the buffer to the writer (journaled at once); with wait=True return once it is in the store,

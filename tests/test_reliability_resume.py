@@ -169,7 +169,9 @@ def test_training_a_finished_run_longer_records_the_new_epochs(workdir: Path):
 def test_no_point_is_logged_twice_after_a_kill_and_a_resume(workdir: Path):
     # after its first write last.pt waits in memory (a budget of 1e-9 of the run): a SIGKILL at epoch 4
     # leaves the checkpoint of epoch 1 and the curves of epochs 1..4, which the resume replays
-    args = ["train", *TINY, "trainer.epochs=6", "trainer.log_every_n_steps=5", "trainer.checkpoint.max_overhead=1e-9"]
+    # the layer diagnostics log per-epoch points of their own, through the tracker rather than the loop's callback
+    args = ["train", *TINY, "trainer.epochs=6", "trainer.log_every_n_steps=5", "trainer.checkpoint.max_overhead=1e-9",
+            "diagnostics=layers"]
     proc = start_dlx(args, workdir)
     try:
         wait_for_line(proc, "epoch 4/6")
@@ -189,6 +191,7 @@ def test_no_point_is_logged_twice_after_a_kill_and_a_resume(workdir: Path):
         twice = [s for s, n in Counter(m.step for m in history).items() if n > 1]
         assert not twice, f"{key} logged twice at steps {twice}"
     assert steps(workdir, run.info.run_id) == [1, 2, 3, 4, 5, 6]
+    assert steps(workdir, run.info.run_id, "act_std/layer_1") == [0, 1, 2, 3, 4, 5, 6]
     assert steps(workdir, run.info.run_id, "train/loss_step") == list(range(5, n_steps + 1, 5))
 
 
