@@ -165,7 +165,9 @@ def replay(path: Path, client=None) -> dict:
         if content["tags"]:
             from mlflow.entities import RunTag
 
-            client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in content["tags"].items()])
+            from dlx.tracking import tag_value
+
+            client.log_batch(run_id, tags=[RunTag(k, tag_value(v)) for k, v in content["tags"].items()])
         for file, artifact_path in content["artifacts"]:
             if Path(file).exists():
                 client.log_artifact(run_id, file, artifact_path)
@@ -183,10 +185,12 @@ def replay(path: Path, client=None) -> dict:
 def _set_params(client, run_id: str, params: dict) -> None:
     from mlflow.entities import Param
 
+    from dlx.tracking import MAX_PARAMS_PER_BATCH
+
     logged = client.get_run(run_id).data.params
     items = [Param(k, v) for k, v in params.items() if k not in logged]  # a param is written once in MLflow
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start:start + 100])
+    for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
 
 
 def _header_uri(path: Path) -> str | None:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limits
 MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 5000
 STORE_PATIENCE_S = 60.0  # how long a busy or unreachable store is waited for: a 40 s lock is waited out
 PATIENCE_ENV = "DLX_STORE_PATIENCE"
 # MLflow's error codes for a store that may answer later (a locked SQLite file, a server that is down)
@@ -241,7 +242,7 @@ class Tracker:
 
         from dlx.redact import redact
 
-        values = {k: _param_value(v) for k, v in redact(dict(params)).items()}
+        values = {k: param_value(v) for k, v in redact(dict(params)).items()}
         items = [Param(k, v) for k, v in values.items()]
         for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
             chunk = items[start:start + MAX_PARAMS_PER_BATCH]
@@ -253,7 +254,7 @@ class Tracker:
 
         from dlx.redact import redact
 
-        values = {k: str(v)[:5000] for k, v in redact(dict(tags)).items()}
+        values = {k: tag_value(v) for k, v in redact(dict(tags)).items()}
         items = [RunTag(k, v) for k, v in values.items()]
         if not self._attempt(lambda: self.client.log_batch(self.run_id, tags=items)):
             self._spool.record("t", values)
@@ -336,6 +337,10 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
 
 
-def _param_value(v: Any) -> str:
+def tag_value(v: Any) -> str:
+    return str(v)[:MAX_TAG_LENGTH]
+
+
+def param_value(v: Any) -> str:
     s = "null" if v is None else str(v)
     return s if len(s) <= MAX_PARAM_LENGTH else s[: MAX_PARAM_LENGTH - 3] + "..."

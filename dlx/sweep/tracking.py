@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from dlx.redact import redact
+from dlx.tracking import MAX_PARAMS_PER_BATCH, param_value, tag_value
 
 TRIAL_TAG = "trial"
 
@@ -90,17 +91,17 @@ class ParentRun:
             resumes = int(client.get_run(run_id).data.tags.get("dlx.sweep.resumed", "0")) + 1
             client.set_tag(run_id, "dlx.sweep.resumed", str(resumes))
             return cls(client, experiment_id, run_id)
-        tags = {k: str(v)[:5000] for k, v in redact(tags).items()}
+        tags = {k: tag_value(v) for k, v in redact(tags).items()}
         run = client.create_run(experiment_id, run_name=name, tags=tags)
-        items = [Param(k, str(v)[:6000]) for k, v in redact(params).items()]
-        for start in range(0, len(items), 100):
-            client.log_batch(run.info.run_id, params=items[start:start + 100])
+        items = [Param(k, param_value(v)) for k, v in redact(params).items()]
+        for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            client.log_batch(run.info.run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
         return cls(client, experiment_id, run.info.run_id)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in redact(tags).items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, tag_value(v)) for k, v in redact(tags).items()])
 
     def children(self) -> dict[int, Any]:
         """Trial number -> its run (the latest, should a number appear twice)."""
@@ -128,7 +129,7 @@ class ParentRun:
     def close_dangling(self, run, reason: str, status: str = "FAILED") -> None:
         """A trial whose process ended without closing its run: close it with the reason."""
         outcome = "killed" if status == "KILLED" else "failed"
-        self.client.set_tag(run.info.run_id, "dlx.error", reason[:5000])
+        self.client.set_tag(run.info.run_id, "dlx.error", tag_value(reason))
         self.client.set_tag(run.info.run_id, "dlx.outcome", outcome)
         self.client.set_terminated(run.info.run_id, status=status)
 
