@@ -140,7 +140,7 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
         if ck["enabled"]:
             checkpoints = CheckpointCallback(ckpt_dir, every=ck["every_n_epochs"], monitor=ck["monitor"],
                                              mode=ck["mode"], config=cfg, run_id=run_id,
-                                             max_overhead=ck.get("max_overhead", 0.0))  # older checkpoints lack it
+                                             max_overhead=ck["max_overhead"])
             callbacks.append(checkpoints)
         from dlx.console import create_progress
 
