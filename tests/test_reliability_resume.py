@@ -10,8 +10,6 @@ original overrides resumes, a real change is refused with the keys that differ.
 from __future__ import annotations
 
 import datetime
-import os
-import signal
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 import torch
 from conftest import all_runs, client_for, run_dlx
 from omegaconf import OmegaConf
-from test_train_e2e import start_dlx, wait_for_line
+from test_train_e2e import sigkill_at
 
 from dlx.compose import compose
 from dlx.config import ConfigError
@@ -172,12 +170,7 @@ def test_no_point_is_logged_twice_after_a_kill_and_a_resume(workdir: Path):
     # the layer diagnostics log per-epoch points of their own, through the tracker rather than the loop's callback
     args = ["train", *TINY, "trainer.epochs=6", "trainer.log_every_n_steps=5", "trainer.checkpoint.max_overhead=1e-9",
             "diagnostics=layers"]
-    proc = start_dlx(args, workdir)
-    try:
-        wait_for_line(proc, "epoch 4/6")
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(30)
+    sigkill_at(args, workdir, "epoch 4/6")
     (run,) = all_runs(workdir)
     assert torch.load(last_pt(run), weights_only=True)["epoch"] < 4
 

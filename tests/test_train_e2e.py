@@ -130,6 +130,17 @@ def start_dlx(args: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def sigkill_at(args: list[str], cwd: Path, line: str) -> subprocess.Popen:
+    """Start `dlx ARGS`, SIGKILL it once it prints `line`, and return the ended process."""
+    proc = start_dlx(args, cwd)
+    try:
+        wait_for_line(proc, line)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    return proc
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path):
     args = ["train", *DETERMINISTIC, "trainer.epochs=5", "regularization=dropout", "augmentation=noise"]
     straight = tmp_path / "straight"
@@ -139,12 +150,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path):
 
     killed = tmp_path / "killed"
     killed.mkdir()
-    proc = start_dlx(args, killed)
-    try:
-        wait_for_line(proc, "epoch 2/5")
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(30)
+    proc = sigkill_at(args, killed, "epoch 2/5")
     assert proc.returncode == -signal.SIGKILL
     run = only_run(killed)
     assert run.info.status == "RUNNING"  # SIGKILL gives no chance to close the run
