@@ -133,13 +133,12 @@ def _run_hydra(args: list[str]) -> int:
     from dlx.config import register_configs
 
     register_configs()
-    run.COMMAND_LINE = ["dlx", "train", *args]
     outcome = {"code": 0}
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def task(cfg):
         try:
-            run.train(cfg)
+            run.train(cfg, command=["dlx", "train", *args])
         except run.RunError as exc:
             outcome["code"] = exc.exit_code
             print(f"dlx: {'error: ' if exc.exit_code == 2 else ''}{exc}", file=sys.stderr)

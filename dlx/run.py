@@ -29,9 +29,6 @@ from dlx.store_check import probe as probe_store
 
 log = logging.getLogger("dlx")
 
-COMMAND_LINE: list[str] = []  # set by the CLI: the user's words, e.g. ["dlx", "train", "model=cnn"]
-
-
 @contextmanager
 def sigterm_as_interrupt():
     def handler(signum, frame):
@@ -60,7 +57,7 @@ def git_info(cwd: str | os.PathLike = ".") -> dict[str, str]:
         return {}
 
 
-def runtime_tags(device) -> dict[str, str]:
+def runtime_tags(device, command: list[str]) -> dict[str, str]:
     import torch
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
@@ -71,7 +68,7 @@ def runtime_tags(device) -> dict[str, str]:
         "dlx.python_version": platform.python_version(),
         "dlx.device": str(device),
         "dlx.device_name": name,
-        "dlx.command": command_line(COMMAND_LINE or sys.argv),
+        "dlx.command": command_line(command),
         "mlflow.source.name": "dlx train",
         "mlflow.source.type": "LOCAL",
     }
@@ -90,8 +87,9 @@ def hydra_runtime() -> tuple[Path, list[str], dict[str, str]]:
 
 # ---------------------------------------------------------------------------------------------- callbacks
 # ---------------------------------------------------------------------------------------------- the job
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job; returns the final metrics. Raises RunError with the exit code on failure."""
+def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
+    """Run one training job; returns the final metrics. Raises RunError with the exit code on failure.
+    `command` is what the user typed, e.g. ["dlx", "train", "model=cnn"], tagged on the run (default: sys.argv)."""
     # as composed, before check_config resolves it in place: resume tells a value this command sets from
     # one that follows another key through an interpolation
     composed = OmegaConf.to_container(cfg)
@@ -106,24 +104,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = None
     if resolved["trainer"]["resume"]:  # the file, its run and its configuration checked, or exit 2
         resolved, checkpoint = prepare_resume(resolved, overrides, run_dir, composed)
-    return _train(resolved, run_dir=run_dir, overrides=overrides, choices=choices, checkpoint=checkpoint)
+    return _train(resolved, run_dir=run_dir, overrides=overrides, choices=choices, checkpoint=checkpoint,
+                  command=list(command or sys.argv))
 
 
-def _train(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, checkpoint: dict | None) -> dict:
+def _train(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, checkpoint: dict | None,
+           command: list[str]) -> dict:
     from dlx.build import build
     from dlx.data import DatasetError
 
     try:
         built = build(cfg)
-    except (DatasetError, ValueError) as exc:  # bad combinations found while building: no run exists yet
+    except (DatasetError, ValueError) as exc:  # bad combinations or components found while building: no run yet
         raise RunError(str(exc), 2) from None
     tracker = _open_tracker(cfg["tracking"])
     with sigterm_as_interrupt():
         return _track(cfg, built, tracker, run_dir=run_dir, overrides=overrides, choices=choices,
-                      checkpoint=checkpoint)
+                      checkpoint=checkpoint, command=command)
 
 
-def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> dict:
+def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint, command) -> dict:
     from dlx.callbacks import CheckpointCallback, TrackingCallback
     from dlx.tracking import StoreUnavailable
 
@@ -131,7 +131,7 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
     run_id, progress, checkpoints, final = None, None, None, None
     status, error = "FAILED", None
     try:
-        run_id = _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint)
+        run_id = _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint, command)
         ckpt_dir = _checkpoint_dir(tracker, run_dir)
         if run_id:
             tracker.set_tags({"dlx.checkpoint_dir": str(ckpt_dir), "dlx.run_dir": str(run_dir.resolve())})
@@ -158,7 +158,7 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint) -> d
             from dlx.pruning import PruningCallback
 
             callbacks.append(PruningCallback(**cfg["trial"]))
-        trainer.callbacks = callbacks
+        trainer.callbacks = [*callbacks, *built.user_callbacks]
         state = None
         if checkpoint is not None:
             from dlx.checkpoint import restore
@@ -221,22 +221,23 @@ def _open_tracker(tcfg: dict):
         raise RunError(f"error: {exc}", 1) from None
 
 
-def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint) -> str | None:
+def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint, command) -> str | None:
+    from dlx.components import component_names
     from dlx.redact import redact
     from dlx.tracking import flatten
 
     if checkpoint is not None and checkpoint.get("run_id") and tracker.enabled:
         run_id = tracker.resume(checkpoint["run_id"], after_step=checkpoint["epoch"])
-        tracker.set_tags({"dlx.resumed_from_epoch": str(checkpoint["epoch"]), "dlx.command": command_line(COMMAND_LINE)})
+        tracker.set_tags({"dlx.resumed_from_epoch": str(checkpoint["epoch"]), "dlx.command": command_line(command)})
         record_resumed(tracker, cfg, checkpoint["config"], run_dir)
         return run_id
-    m, o, d = cfg["model"]["name"], cfg["optimizer"]["name"], cfg["dataset"]["name"]
-    name = cfg["tracking"]["run_name"] or f"{m}-{o}-{d}-s{cfg['trainer']['seed']}"
-    tags = {**runtime_tags(built.device), **git_info(), **{f"dlx.choice.{g}": c for g, c in choices.items()},
+    names = component_names(cfg, choices)
+    name = cfg["tracking"]["run_name"] or f"{names['model']}-{names['optimizer']}-{names['dataset']}-s{cfg['trainer']['seed']}"
+    tags = {**runtime_tags(built.device, command), **git_info(), **{f"dlx.choice.{g}": c for g, c in choices.items()},
             "dlx.overrides": " ".join(overrides), **cfg["tracking"]["tags"]}  # secrets are masked by the tracker
     run_id = tracker.start(run_name=name, tags=tags, parent_run_id=cfg["tracking"].get("parent_run_id"))
     if run_id:
-        params = flatten(cfg)
+        params = {**flatten(cfg), **{f"{g}.name": n for g, n in names.items()}}
         params.update({"model.num_params": built.num_params, "data.n_train": len(built.data.x_train),
                        "data.n_val": len(built.data.x_val), "data.n_test": len(built.data.x_test)})
         tracker.log_params(params)

@@ -83,6 +83,7 @@ def test_grid_sweep_nests_trials_under_one_parent_with_definition_and_summary(wo
     assert p.params["sweep.pruner"] == "none"
     assert p.params["sweep.param.optimizer"] == "sgd,adam" and p.params["sweep.param.seed"] == "0,1"
     assert "optimizer=sgd,adam" in p.tags["dlx.command"]
+    assert {c.data.tags["dlx.command"] for c in children} == {p.tags["dlx.command"]}  # what the user typed
     assert p.metrics["sweep/ok"] == 4 and p.metrics["sweep/failed"] == 0 and p.metrics["sweep/pruned"] == 0
     best = max(children, key=lambda c: c.data.metrics["val/acc"])
     assert p.tags["dlx.best.run_id"] == best.info.run_id
@@ -201,12 +202,14 @@ def test_a_free_worker_takes_the_next_trial_without_waiting_for_the_others(work,
     """Two workers, trial 0 long, trials 1 and 2 short: the worker trial 1 frees runs trial 2 while trial
     0 still trains. With hydra.sweeper.batch_size=2, trial 2 waits for the batch of trials 0 and 1."""
     args = ["sweep", "trainer.epochs=150,1,2", "model.width=16", "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"]
-    proc = run_dlx([*args, *([f"hydra.sweeper.batch_size={batch_size}"] if batch_size else [])], work, timeout=240)
+    args += [f"hydra.sweeper.batch_size={batch_size}"] if batch_size else []
+    proc = run_dlx(args, work, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(TRIAL_LINE.findall(proc.stdout)) == 3  # a line per trial, as each ends
     _, children = split(all_runs(work))
     trial = {int(c.data.tags["trial"]): c for c in children}
     assert [trial[i].data.params["trainer.epochs"] for i in range(3)] == ["150", "1", "2"]
+    assert {c.data.tags["dlx.command"] for c in children} == {f"dlx {' '.join(args)}"}  # in the workers too
     long_ends, last_starts = trial[0].info.end_time, trial[2].info.start_time
     if batch_size is None:
         assert last_starts < long_ends, "trial 2 waited for trial 0"

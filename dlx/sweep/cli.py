@@ -271,29 +271,26 @@ def _check_study(parsed) -> None:
 def run_hydra(argv: list[str], shown: list[str]) -> int:
     import hydra
 
-    from dlx import run
     from dlx.compose import config_dir
     from dlx.config import register_configs
-    from dlx.sweep import sweeper
-    from dlx.sweep.task import run_trial
+    from dlx.sweep.task import SweepTask
 
     register_configs()
-    run.COMMAND_LINE = ["dlx", "sweep", *shown]
-    main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(run_trial)
+    task = SweepTask(["dlx", "sweep", *shown])
+    main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(task)
     saved, sys.argv = sys.argv, ["dlx-sweep", "--multirun", *argv]
-    sweeper.RESULT.clear()
     try:
         main()
     except SystemExit as exc:  # Hydra exits 1 after printing an error it caught itself
-        if not sweeper.RESULT:
+        if not task.outcome:
             return exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt as exc:  # stopped before the first trial
         from dlx.sweep.hygiene import interrupt_code
 
-        return sweeper.RESULT.get("code", interrupt_code(exc))
+        return task.outcome.get("code", interrupt_code(exc))
     finally:
         sys.argv = saved
-    return sweeper.RESULT.get("code", 1)
+    return task.outcome.get("code", 1)
 
 
 # ---------------------------------------------------------------------------------------------- resume

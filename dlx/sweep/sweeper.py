@@ -30,29 +30,30 @@ from dlx.sweep.space import parse_space, quote
 from dlx.sweep.study import DONE, METRICS_KEPT, outcome_of, summarize
 from dlx.sweep.tracking import TRIAL_TAG, ParentRun, check_parent
 
-# The outcome of the last sweep in this process, for the CLI's exit code (Hydra drops the sweeper's
-# return value): code, counts, study, parent_run_id, sweep_dir, best.
-RESULT: dict[str, Any] = {}
 # overrides that locate a sweep rather than define it: not part of the definition `--resume` compares
 LOCATORS = ("hydra.sweeper.study_name", "hydra.sweeper.resume", "hydra.sweep.dir", "hydra.mode")
 
 
 def run_sweep(sweeper, arguments: list[str]) -> dict:
+    """Run the sweep and return its outcome (code, counts, study, parent_run_id, sweep_dir, best); Hydra
+    drops that return value, so it also goes to the task function's `outcome` when it has one (SweepTask)."""
     from dlx.config import ConfigError
 
-    RESULT.clear()
     try:
-        sweep = Sweep(sweeper, arguments)
-        RESULT.update(sweep.run())
+        result = Sweep(sweeper, arguments).run()
     except ConfigError as exc:
         print(f"dlx: error: {exc}", file=sys.stderr)
-        RESULT.update(code=2)
-    return RESULT
+        result = {"code": 2}
+    outcome = getattr(sweeper.task_function, "outcome", None)
+    if isinstance(outcome, dict):
+        outcome.update(result)
+    return result
 
 
 class Sweep:
     def __init__(self, sweeper, arguments: list[str]):
         self.s, self.cfg, self.launcher = sweeper.settings, sweeper.config, sweeper.launcher
+        self.command = getattr(sweeper.task_function, "command", None)  # the user's words, from dlx sweep
         params = [f"{k}={v}" for k, v in (self.s.params or {}).items()]
         self.space = parse_space(params + arguments, sweeper.hydra_context.config_loader)
         self.axes = [a.key for a in self.space.axes]
@@ -113,9 +114,7 @@ class Sweep:
         self.todo = self._remaining()
 
     def _command(self) -> list[str]:
-        from dlx import run
-
-        return run.COMMAND_LINE or ["dlx", "sweep", *self.definition]
+        return self.command or ["dlx", "sweep", *self.definition]
 
     def _parent_tags(self) -> dict[str, Any]:
         from dlx.run import git_info

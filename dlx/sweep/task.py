@@ -13,7 +13,20 @@ from omegaconf import DictConfig
 log = logging.getLogger("dlx")
 
 
-def run_trial(cfg: DictConfig) -> dict:
+class SweepTask:
+    """The task function `dlx sweep` hands Hydra, and what its CLI and sweeper exchange through it: the
+    user's command line, tagged on every trial's run (the object travels to the pool's workers with it),
+    and the sweep's outcome, which the sweeper fills in because Hydra drops the return value of sweep()."""
+
+    def __init__(self, command: list[str]):
+        self.command = list(command)
+        self.outcome: dict = {}  # code, counts, left, study, parent_run_id, sweep_dir, best
+
+    def __call__(self, cfg: DictConfig) -> dict:
+        return run_trial(cfg, command=self.command)
+
+
+def run_trial(cfg: DictConfig, command: list[str] | None = None) -> dict:
     """Run one trial with `dlx.run.train` and return its final metrics.
 
     Every exception propagates (RunError, Pruned, anything else), so the launcher records the job as
@@ -28,7 +41,7 @@ def run_trial(cfg: DictConfig) -> dict:
     shown = io.StringIO()
     try:
         with contextlib.redirect_stdout(shown) if quiet else contextlib.nullcontext():
-            return train(cfg)
+            return train(cfg, command=command)
     except Pruned as exc:
         log.info("trial pruned: %s", exc)
         raise

@@ -51,12 +51,13 @@ class DlxSweeper(Sweeper):
         self.settings = SweepSettings.create(settings)
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None  # dlx sweep's carries its command line and outcome
         self.launcher = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
-        self.hydra_context, self.config = hydra_context, config
+        self.hydra_context, self.config, self.task_function = hydra_context, config, task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
