@@ -101,8 +101,8 @@ def sweep_main(args: list[str]) -> int:
 
 def _start_workers_early(overrides: list[str]) -> None:
     """With the worker pool asked for on the command line (hydra.launcher.n_jobs=N, N > 1), start what
-    its workers come from now (dlx.sweep.start: the zygote, or the workers themselves): it imports torch
-    and MLflow (~4 s of CPU) while this process composes and checks every trial, and the pool takes it
+    its workers come from now (dlx.sweep.start: the zygote, or the workers themselves): its imports of
+    torch and MLflow overlap with this process composing and checking every trial, and the pool takes it
     when Hydra launches it."""
     given = {_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
     if given.get("hydra/launcher", "dlx_local") != "dlx_local" or find_spec("hydra_plugins.dlx_launcher") is None:

@@ -1,7 +1,7 @@
 """How the pool's worker processes start.
 
 On Linux they are forked from a zygote (dlx.sweep.zygote) that imported torch, MLflow and dlx once:
-a pool of n workers pays those imports (~4 s of CPU) once instead of n times, and a replacement for a
+a pool of n workers pays those imports (seconds of CPU) once instead of n times, and a replacement for a
 dead worker is ready at once. Elsewhere, or with DLX_WORKER_START=spawn, each worker is a fresh
 interpreter (`python -m dlx.sweep.worker`) that imports everything itself.
 

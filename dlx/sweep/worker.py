@@ -36,11 +36,9 @@ def _watch_parent(parent: int) -> None:
 
 def warm_up() -> None:
     """Import what every trial needs now, once, while the sweep is still being set up, instead of in
-    the worker's first trial. Measured: a first dlx trial in a fresh process took 4.4 s against 1.6 s
-    for the next one; torch._dynamo (imported by the first optimizer, 2.0 s) and matplotlib (0.5 s
-    and its first figure) made the difference, and with those imported ahead, MLflow's SQL store
-    (1.3 s: SQLAlchemy, alembic). Starts no thread and leaves CUDA alone: the zygote forks its workers
-    after this."""
+    the worker's first trial, which was slower than the next by torch._dynamo (imported by the first
+    optimizer), matplotlib (and its first figure) and MLflow's SQL store (bench/README.md has the
+    figures). Starts no thread and leaves CUDA alone: the zygote forks its workers after this."""
     import torch
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # pulls in torch._dynamo
@@ -69,10 +67,10 @@ def ready_once() -> None:
 def freeze_heap(collect: bool = True) -> None:
     """Hide what is alive now (the imported modules of torch, MLflow, matplotlib, ...: millions of
     objects that live as long as the process) from the cyclic garbage collector. Every trial ends with
-    full collections that free its model and data at once; over that heap each took ~0.3 s, two per
-    trial, and in a forked worker they also wrote into every inherited page, which un-shares it from
-    the zygote (the use the gc.freeze documentation describes). `collect=False` skips the collection
-    first (0.3 s on the way to the first trial), freezing the imports' few cycles of garbage too."""
+    full collections that free its model and data at once; over that heap they are slow, and in a
+    forked worker they also write into every inherited page, which un-shares it from the zygote (the
+    use the gc.freeze documentation describes). `collect=False` skips the collection first, on the way
+    to the first trial, freezing the imports' few cycles of garbage too."""
     if collect:
         gc.collect()
     gc.freeze()
@@ -162,7 +160,7 @@ def _tell_parent(outbox: Connection, message: tuple) -> None:
 
 def _leave() -> None:
     """Exit without tearing the interpreter down: every trial's run is closed and its logs flushed
-    here, and the teardown of torch's and MLflow's modules took ~3 s, which the sweep waited for."""
+    here, and the sweep would wait for the slow teardown of torch's and MLflow's modules."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

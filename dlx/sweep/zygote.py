@@ -1,7 +1,7 @@
 """The zygote of a sweep's workers: `python -m dlx.sweep.zygote FD`, Linux only.
 
 It imports torch, MLflow and dlx once (dlx.sweep.worker.warm_up) and then forks one worker per request
-of the sweep process, so a pool of n workers pays those imports (~4 s of CPU) once instead of n times;
+of the sweep process, so a pool of n workers pays those imports (seconds of CPU) once instead of n times;
 the forked workers share the imported modules' memory with the zygote until they write to it.
 
 The zygote talks to the sweep over one Unix SEQPACKET socket (FD), a pickle per message:
