@@ -3,49 +3,154 @@
 Every schedule maps the 0-based optimizer step to a multiplier of each param group's base lr (nanoGPT's
 `get_lr(it)`), so resuming needs no replay: the lr at step s is the same however the run got there. Only plateau,
 which reacts to validation metrics, carries state; `state_dict` holds it.
+
+Each built-in schedule is a public function whose keyword parameters are its options (type, default and range:
+the one home dlx.options reads) and which returns a `Shape`; conf/scheduler/<name>.yaml names it as `_target_`.
+`create_scheduler` lays a shape over a run, or wraps a user's torch.optim.lr_scheduler class in the same interface.
 """
 
 from __future__ import annotations
 
 import bisect
+import enum
+import functools
+import inspect
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-__all__ = ["LRSchedule", "create_scheduler", "list_schedulers"]
-
-_COMMON = ("steps_per_epoch", "epochs", "warmup_epochs", "warmup_start_factor")
-
-# Knobs of each schedule and their defaults; anything else is rejected by name.
-_KNOBS: dict[str, dict[str, Any]] = {
-    "constant": {},
-    "cosine": {"min_lr_ratio": 0.0},
-    "cosine_restarts": {"t0_epochs": 10, "t_mult": 2, "min_lr_ratio": 0.0},
-    "exponential": {"gamma": 0.95},
-    "multistep": {"milestones": [30, 60], "gamma": 0.1},
-    "onecycle": {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4, "anneal": "cos"},
-    "plateau": {"monitor": "val/loss", "mode": "min", "factor": 0.1, "patience": 10, "threshold": 1e-4,
-                "min_lr_ratio": 0.0},
-    "step": {"step_size": 30, "gamma": 0.1},
-}
+from dlx.options import Items, Range, problems, spec
 
 Curve = Callable[[int], float]
+Gamma = Annotated[float, Range(gt=0, le=1)]
+Ratio = Annotated[float, Range(ge=0, le=1)]
+Epochs = Annotated[int, Range(ge=1)]
+# the metric a user's ReduceLROnPlateau reads: its own signature has no monitor
+TORCH_PLATEAU_MONITOR = "val/loss"
 
 
-def list_schedulers() -> list[str]:
-    """Names accepted by `create_scheduler`, sorted."""
-    return sorted(_KNOBS)
+class Anneal(str, enum.Enum):
+    cos = "cos"
+    linear = "linear"
 
 
+class Mode(str, enum.Enum):
+    auto = "auto"  # max for accuracy-like metrics, min for losses
+    min = "min"
+    max = "max"
+
+
+@dataclass(frozen=True)
+class Span:
+    """The run a schedule is laid over, in optimizer steps."""
+
+    steps_per_epoch: int
+    total: int
+    warmup: int
+
+    def per_epoch(self, by_epoch: Callable[[int], float]) -> Curve:
+        # Epoch-granular schedules only see whole epochs, so the lr is constant within an epoch.
+        return lambda step: by_epoch(step // self.steps_per_epoch)
+
+    def after_warmup(self, curve: Curve) -> Curve:
+        # Per-step curves start once warmup ends so the peak lr is reached exactly when warmup hands over.
+        return lambda step: curve(max(step - self.warmup, 0))
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a schedule function returns: its multiplier curve for a span; plateau's settings for plateau."""
+
+    curve: Callable[[Span], Curve]
+    plateau: Mapping[str, Any] | None = None
+
+
+def warmup_options(*, warmup_epochs: Annotated[float, Range(ge=0)] = 0.0,
+                   warmup_start_factor: Annotated[float, Range(ge=0, le=1)] = 0.0) -> dict:
+    """dlx's own keys of the scheduler group: a per-batch linear warmup from lr * warmup_start_factor to lr over
+    warmup_epochs (may be fractional), multiplying the schedule."""
+    values = {"warmup_epochs": warmup_epochs, "warmup_start_factor": warmup_start_factor}
+    _raise(problems(spec(warmup_options), values, "scheduler"))
+    return {k: float(v) for k, v in values.items()}
+
+
+# ---------------------------------------------------------------------------------------------- the schedules
+def constant() -> Shape:
+    """The optimizer's lr throughout."""
+    return Shape(lambda span: _flat)
+
+
+def step(*, step_size: Epochs = 10, gamma: Gamma = 0.1) -> Shape:
+    """Multiply the lr by gamma every step_size epochs."""
+    return Shape(lambda span: span.per_epoch(lambda epoch: gamma ** (epoch // step_size)))
+
+
+def multistep(*, milestones: Annotated[list[int], Items(each=Range(ge=1), increasing=True)] = (10, 15),
+              gamma: Gamma = 0.1) -> Shape:
+    """Multiply the lr by gamma at each milestone epoch; a repeated milestone applies gamma again, as torch's
+    MultiStepLR does."""
+    marks = [int(m) for m in milestones]
+    return Shape(lambda span: span.per_epoch(lambda epoch: gamma ** bisect.bisect_right(marks, epoch)))
+
+
+def exponential(*, gamma: Gamma = 0.9) -> Shape:
+    """Multiply the lr by gamma after every epoch."""
+    return Shape(lambda span: span.per_epoch(lambda epoch: gamma**epoch))
+
+
+def cosine(*, min_lr_ratio: Ratio = 0.0) -> Shape:
+    """Cosine annealing from lr to lr * min_lr_ratio over the run after warmup, per batch."""
+    return Shape(lambda span: span.after_warmup(_cosine(max(span.total - span.warmup, 1), min_lr_ratio)))
+
+
+def cosine_restarts(*, t0_epochs: Epochs = 5, t_mult: Annotated[int, Range(ge=1)] = 2,
+                    min_lr_ratio: Ratio = 0.0) -> Shape:
+    """Cosine annealing restarted after t0_epochs, each cycle t_mult times longer than the one before."""
+    if int(t_mult) != t_mult:
+        raise ValueError(f"scheduler.t_mult={t_mult} is not an integer")
+    return Shape(lambda span: span.after_warmup(
+        _cosine_restarts(t0_epochs * span.steps_per_epoch, int(t_mult), min_lr_ratio)))
+
+
+def onecycle(*, pct_start: Annotated[float, Range(gt=0, lt=1)] = 0.3,
+             div_factor: Annotated[float, Range(ge=1)] = 25.0,
+             final_div_factor: Annotated[float, Range(ge=1)] = 1e4, anneal: Anneal = Anneal.cos) -> Shape:
+    """From lr / div_factor up to lr over pct_start of the run, then down to that start / final_div_factor."""
+    anneal = Anneal(anneal)
+    return Shape(lambda span: _onecycle(span.total, pct_start, div_factor, final_div_factor, anneal))
+
+
+def plateau(*, monitor: str = "val/loss", mode: Mode = Mode.auto,
+            factor: Annotated[float, Range(gt=0, lt=1)] = 0.1, patience: Annotated[int, Range(ge=0)] = 3,
+            threshold: Annotated[float, Range(ge=0)] = 1e-4, min_lr_ratio: Ratio = 0.0) -> Shape:
+    """Multiply the lr by factor when `monitor` has not improved by a relative threshold for patience epochs;
+    mode auto: max for accuracies, min for losses."""
+    settings = {"monitor": str(monitor), "mode": Mode(mode).value, "factor": factor, "patience": patience,
+                "threshold": threshold, "min_lr_ratio": min_lr_ratio}
+    return Shape(lambda span: _flat, plateau=settings)
+
+
+def option_problems(target: Any, options: Mapping[str, Any]) -> list[str]:
+    """Rules that join a schedule with dlx's warmup (`options` holds the node's keys, warmup_epochs included);
+    `target` is the dotted `_target_` or the callable."""
+    if not options.get("warmup_epochs"):
+        return []
+    name = target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
+    if name == f"{__name__}.onecycle":
+        return ["scheduler.warmup_epochs must be 0 with scheduler=onecycle (pct_start is its warmup)"]
+    if not name.startswith(f"{__name__}."):
+        return [f"scheduler.warmup_epochs must be 0 with scheduler._target_={name} (dlx warms up only its own "
+                f"schedules)"]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------- curves
 def _flat(step: int) -> float:
     return 1.0
-
-
-def _per_epoch(steps_per_epoch: int, by_epoch: Callable[[int], float]) -> Curve:
-    # Epoch-granular schedules only see whole epochs, so the lr is constant within an epoch.
-    return lambda step: by_epoch(step // steps_per_epoch)
 
 
 def _cos_anneal(start: float, end: float, pct: float) -> float:
@@ -79,8 +184,8 @@ def _cosine_restarts(period: int, t_mult: int, min_lr_ratio: float) -> Curve:
     return curve
 
 
-def _onecycle(total: int, pct_start: float, div_factor: float, final_div_factor: float, anneal: str) -> Curve:
-    anneal_fn = _cos_anneal if anneal == "cos" else _linear_anneal
+def _onecycle(total: int, pct_start: float, div_factor: float, final_div_factor: float, anneal: Anneal) -> Curve:
+    anneal_fn = _cos_anneal if anneal is Anneal.cos else _linear_anneal
     start, peak = 1.0 / div_factor, 1.0
     end = start / final_div_factor
     # Same phase boundaries as torch's OneCycleLR (peak at step pct_start * total - 1). Only the lr cycles: moving
@@ -128,6 +233,7 @@ class _Plateau:
         self.num_bad_epochs = int(state["num_bad_epochs"])
 
 
+# ---------------------------------------------------------------------------------------------- running schedules
 class LRSchedule:
     """Sets each param group's lr to base_lr * multiplier(step); create it with `create_scheduler`.
 
@@ -176,14 +282,15 @@ class LRSchedule:
         self._apply(step)
 
     def step_epoch(self, epoch: int, metric: float | None = None) -> None:
-        """Report the end of 0-based `epoch` with its validation `metric`; only plateau uses it."""
+        """Report the end of an epoch with its validation `metric`; only plateau uses it."""
         if self._plateau is None:
             return
         if metric is None:
             raise ValueError(f"scheduler 'plateau' needs the {self.monitor!r} metric in step_epoch")
         self._plateau.update(float(metric))
-        # Show the reduced lr right away (e.g. in the epoch's log), as it will be at the next epoch's first step.
-        self._apply((epoch + 1) * self.steps_per_epoch)
+        # Show the reduced lr right away (e.g. in the epoch's log), as the next step will have it. Counted from the
+        # last step, not from `epoch`, which callers number from 0 or from 1.
+        self._apply(self.last_step + 1)
 
     @property
     def lr(self) -> float:
@@ -199,8 +306,7 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a schedule re-created with the same arguments; the next `step_batch` continues the run."""
-        if state.get("name") != self.name:
-            raise ValueError(f"state is for scheduler {state.get('name')!r}, this schedule is {self.name!r}")
+        _same_name(state, self.name)
         if len(state["base_lrs"]) != len(self.optimizer.param_groups):
             raise ValueError(
                 f"state has {len(state['base_lrs'])} base lrs but the optimizer has "
@@ -216,86 +322,93 @@ class LRSchedule:
             self._apply(self.last_step)
 
 
-def _check_knobs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    if name not in _KNOBS:
-        raise ValueError(f"unknown scheduler {name!r}; valid: {', '.join(list_schedulers())}")
-    knobs = _KNOBS[name]
-    unknown = [k for k in kwargs if k not in knobs]
-    if unknown:
-        valid = ", ".join([*knobs, *_COMMON])
-        raise ValueError(f"scheduler {name!r} has no option {unknown[0]!r}; valid: {valid}")
-    return {**knobs, **kwargs}
+class TorchSchedule:
+    """A torch.optim.lr_scheduler scheduler behind LRSchedule's interface. It is stepped once per epoch (at the
+    first step of the next epoch, so step_batch alone drives it and a resume lands where it left off), or once
+    per step when its signature takes steps_per_epoch (OneCycleLR); ReduceLROnPlateau steps in step_epoch on the
+    `val/loss` of the epoch."""
+
+    def __init__(self, name: str, scheduler: LRScheduler, *, steps_per_epoch: int, per_batch: bool):
+        self.name, self.scheduler, self.optimizer = name, scheduler, scheduler.optimizer
+        self.steps_per_epoch, self.per_batch = steps_per_epoch, per_batch
+        self.monitor = TORCH_PLATEAU_MONITOR if isinstance(scheduler, ReduceLROnPlateau) else None
+        self.last_step = -1
+
+    def step_batch(self, step: int) -> None:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        self.last_step = step
+        if self.monitor is None:
+            due = step if self.per_batch else step // self.steps_per_epoch
+            while self.scheduler.last_epoch < due:
+                self.scheduler.step()
+
+    def step_epoch(self, epoch: int, metric: float | None = None) -> None:
+        if self.monitor is None:
+            return
+        if metric is None:
+            raise ValueError(f"scheduler {self.name!r} needs the {self.monitor!r} metric in step_epoch")
+        self.scheduler.step(float(metric))
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "last_step": self.last_step, "torch": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _same_name(state, self.name)
+        self.scheduler.load_state_dict(state["torch"])
+        self.last_step = int(state["last_step"])
 
 
-def _choice(name: str, key: str, value: str, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise ValueError(f"scheduler {name!r}: {key}={value!r} is not one of {', '.join(valid)}")
-    return value
+def _raise(found: list[str]) -> None:
+    if found:
+        raise ValueError("; ".join(found))
 
 
-def create_scheduler(
-    name: str,
-    optimizer: torch.optim.Optimizer,
-    *,
-    steps_per_epoch: int,
-    epochs: int,
-    warmup_epochs: float = 0.0,
-    warmup_start_factor: float = 0.0,
-    **kwargs: Any,
-) -> LRSchedule:
-    """Build schedule `name` for `optimizer`, whose current group lrs become the base (peak, for onecycle) lrs.
+def _same_name(state: dict, name: str) -> None:
+    if state.get("name") != name:
+        raise ValueError(f"state is for scheduler {state.get('name')!r}, this schedule is {name!r}")
 
-    `kwargs` are the schedule's own knobs; an unknown one raises ValueError listing the valid ones. Epoch-valued
-    knobs (step_size, milestones, t0_epochs, warmup_epochs) count epochs; warmup may be fractional.
-    """
-    k = _check_knobs(name, kwargs)
+
+def create_scheduler(factory: Callable, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int,
+                     mode_for: Callable[[str], str] | None = None, **warmup: float) -> LRSchedule | TorchSchedule:
+    """Lay the schedule `factory` makes over a run for `optimizer`, whose group lrs become the base (peak, for
+    onecycle) lrs. `factory` is what hydra.utils.instantiate(node, _partial_=True) gives for the scheduler node: a
+    partial of a function returning a `Shape` (dlx's schedules) or of a torch.optim.lr_scheduler class, made with
+    the optimizer. `warmup`: the keys of `warmup_options`; `mode_for(monitor)` -> "min" or "max" resolves plateau's
+    mode auto (dlx.engine.metric_mode). A bad option raises ValueError naming the key and what is allowed."""
     if steps_per_epoch < 1 or epochs < 1:
         raise ValueError(f"steps_per_epoch and epochs must be >= 1, got {steps_per_epoch} and {epochs}")
-    if warmup_epochs < 0 or not 0.0 <= warmup_start_factor <= 1.0:
-        raise ValueError(f"need warmup_epochs >= 0 and 0 <= warmup_start_factor <= 1, got {warmup_epochs} and "
-                         f"{warmup_start_factor}")
-    total = steps_per_epoch * epochs
-    warmup = round(warmup_epochs * steps_per_epoch)
-
-    def after_warmup(curve: Curve) -> Curve:
-        # Per-step curves start once warmup ends so the peak lr is reached exactly when warmup hands over.
-        return lambda step: curve(max(step - warmup, 0))
-
-    plateau = None
-    if name == "constant":
-        curve: Curve = _flat
-    elif name == "step":
-        step_size, gamma = int(k["step_size"]), float(k["gamma"])
-        if step_size < 1:
-            raise ValueError(f"scheduler 'step': step_size must be >= 1, got {step_size}")
-        curve = _per_epoch(steps_per_epoch, lambda epoch: gamma ** (epoch // step_size))
-    elif name == "multistep":
-        # Sorted, duplicates kept: torch's MultiStepLR applies gamma once per listed milestone.
-        milestones, gamma = sorted(int(m) for m in k["milestones"]), float(k["gamma"])
-        curve = _per_epoch(steps_per_epoch, lambda epoch: gamma ** bisect.bisect_right(milestones, epoch))
-    elif name == "exponential":
-        gamma = float(k["gamma"])
-        curve = _per_epoch(steps_per_epoch, lambda epoch: gamma**epoch)
-    elif name == "cosine":
-        curve = after_warmup(_cosine(max(total - warmup, 1), float(k["min_lr_ratio"])))
-    elif name == "cosine_restarts":
-        period, t_mult = round(float(k["t0_epochs"]) * steps_per_epoch), float(k["t_mult"])
-        if period < 1 or not t_mult.is_integer() or t_mult < 1:
-            raise ValueError(f"scheduler 'cosine_restarts' needs t0_epochs * steps_per_epoch >= 1 and an integer "
-                             f"t_mult >= 1, got {k['t0_epochs']} and {k['t_mult']!r}")
-        curve = after_warmup(_cosine_restarts(period, int(t_mult), float(k["min_lr_ratio"])))
-    elif name == "onecycle":
-        if warmup:
-            # Its first phase is the warmup; stacking a second one would start at warmup_start_factor / div_factor.
-            raise ValueError("scheduler 'onecycle' warms up by itself (pct_start); set warmup_epochs to 0")
-        if not 0.0 <= float(k["pct_start"]) <= 1.0:
-            raise ValueError(f"scheduler 'onecycle': pct_start must be in [0, 1], got {k['pct_start']}")
-        anneal = _choice(name, "anneal", k["anneal"], ("cos", "linear"))
-        curve = _onecycle(total, float(k["pct_start"]), float(k["div_factor"]), float(k["final_div_factor"]), anneal)
-    else:  # plateau
-        mode = _choice(name, "mode", k["mode"], ("min", "max"))
-        plateau = _Plateau(str(k["monitor"]), mode, float(k["factor"]), int(k["patience"]), float(k["threshold"]),
-                           float(k["min_lr_ratio"]))
-        curve = _flat
-    return LRSchedule(name, optimizer, curve, steps_per_epoch=steps_per_epoch, warmup_steps=warmup,
-                      warmup_start_factor=warmup_start_factor, plateau=plateau)
+    w = warmup_options(**warmup)
+    fn = factory.func if isinstance(factory, functools.partial) else factory
+    options = dict(getattr(factory, "keywords", None) or {})
+    name = getattr(fn, "__name__", type(fn).__name__)
+    found = option_problems(fn, {**options, **w})
+    torch_class = isinstance(fn, type) and issubclass(fn, (LRScheduler, ReduceLROnPlateau))
+    if not torch_class:
+        found += problems(spec(fn), options, "scheduler")
+    _raise(found)
+    if torch_class:
+        per_batch = "steps_per_epoch" in inspect.signature(fn).parameters
+        extra = {"steps_per_epoch": steps_per_epoch, "epochs": epochs} if per_batch else {}
+        made = factory(optimizer, **{k: v for k, v in extra.items() if k not in options})
+        return TorchSchedule(name, made, steps_per_epoch=steps_per_epoch, per_batch=per_batch)
+    shape = factory()
+    if not isinstance(shape, Shape):
+        raise TypeError(f"scheduler {name!r} is neither a torch.optim.lr_scheduler class nor a function returning "
+                        f"a dlx.schedule.Shape (it returned a {type(shape).__name__})")
+    span = Span(steps_per_epoch, steps_per_epoch * epochs, round(w["warmup_epochs"] * steps_per_epoch))
+    reducer = None
+    if shape.plateau is not None:
+        settings = dict(shape.plateau)
+        if settings["mode"] == Mode.auto.value:
+            if mode_for is None:
+                raise ValueError("scheduler.mode=auto needs mode_for (e.g. dlx.engine.metric_mode) to pick min or "
+                                 "max for its monitor")
+            settings["mode"] = mode_for(settings["monitor"])
+        reducer = _Plateau(**settings)
+    return LRSchedule(name, optimizer, shape.curve(span), steps_per_epoch=steps_per_epoch, warmup_steps=span.warmup,
+                      warmup_start_factor=w["warmup_start_factor"], plateau=reducer)
