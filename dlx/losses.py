@@ -1,46 +1,124 @@
 """Classification losses on logits and integer labels, with optional label smoothing.
 
-The regression-style losses (mse, mae, huber) and bce compare the logits with (smoothed) one-hot
-targets, the square-loss classification of Hui & Belkin (2021); hinge is the multi-class margin loss
-of Crammer & Singer as implemented by torch's multi_margin_loss.
+Each built-in loss is a class whose signature holds its options (dlx.options reads them) and whose instances are
+callables (logits, labels) -> mean loss over the batch; conf/loss/<name>.yaml names it as `_target_`. The
+regression-style losses (mse, mae, huber) and bce compare the logits with (smoothed) one-hot targets, the
+square-loss classification of Hui & Belkin (2021); hinge is torch's multi_margin_loss, the multi-class margin
+loss of Weston & Watkins (1999), which sums the violations over the wrong classes. A user's loss is any callable
+(logits, target) -> scalar tensor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 
+from dlx.options import Range, problems, spec
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-LOSSES = ("ce", "bce", "mse", "mae", "huber", "hinge")
 
 
-def list_losses() -> list[str]:
-    return sorted(LOSSES)
+class _Smoothed:
+    """A loss whose targets put label_smoothing of their mass uniformly on all classes."""
+
+    def __init__(self, *, label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.0):
+        found = problems(spec(type(self)), {"label_smoothing": label_smoothing}, "loss")
+        if found:
+            raise ValueError("; ".join(found))
+        self.label_smoothing = float(label_smoothing)
+
+    def targets(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        k, s = logits.shape[-1], self.label_smoothing
+        onehot = F.one_hot(y, k).to(logits.dtype)
+        return onehot * (1 - s) + s / k if s else onehot
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(label_smoothing={self.label_smoothing})"
 
 
-def _targets(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
-    k = logits.shape[-1]
-    onehot = F.one_hot(y, k).to(logits.dtype)
-    return onehot * (1 - smoothing) + smoothing / k if smoothing else onehot
+class CrossEntropy(_Smoothed):
+    """Softmax cross-entropy."""
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
 
-def create_loss(name: str, *, label_smoothing: float = 0.0) -> LossFn:
-    """A function (logits, labels) -> mean loss over the batch."""
-    s = float(label_smoothing)
-    if name == "ce":
-        return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=s)
-    if name == "bce":
-        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, _targets(logits, y, s))
-    if name == "mse":
-        return lambda logits, y: F.mse_loss(logits, _targets(logits, y, s))
-    if name == "mae":
-        return lambda logits, y: F.l1_loss(logits, _targets(logits, y, s))
-    if name == "huber":
-        return lambda logits, y: F.huber_loss(logits, _targets(logits, y, s))
-    if name == "hinge":
-        if s:
-            raise ValueError("regularization.label_smoothing does not apply to trainer.loss=hinge (it takes hard labels)")
-        return lambda logits, y: F.multi_margin_loss(logits, y)
-    raise ValueError(f"trainer.loss={name!r} is not a loss; valid: {', '.join(list_losses())}")
+class BinaryCrossEntropy(_Smoothed):
+    """A sigmoid and binary cross-entropy per class against the one-hot targets."""
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, self.targets(logits, y))
+
+
+class SquaredError(_Smoothed):
+    """Mean squared error of the logits against the one-hot targets."""
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(logits, self.targets(logits, y))
+
+
+class AbsoluteError(_Smoothed):
+    """Mean absolute error of the logits against the one-hot targets."""
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(logits, self.targets(logits, y))
+
+
+class Huber(_Smoothed):
+    """Huber loss (delta 1) of the logits against the one-hot targets."""
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.huber_loss(logits, self.targets(logits, y))
+
+
+class Hinge:
+    """Multi-class margin loss; it takes hard labels, so no label smoothing."""
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.multi_margin_loss(logits, y)
+
+    def __repr__(self) -> str:
+        return "Hinge()"
+
+
+def label_smoothing_problems(target: Any, options: Mapping[str, Any], label_smoothing: float) -> list[str]:
+    """regularization.label_smoothing reaches a loss only through the loss node's own label_smoothing option
+    (conf/loss/*.yaml interpolate it): a loss node without one would drop it silently. `target` is the dotted
+    `_target_` or the callable; `options` the node's options."""
+    if not label_smoothing or "label_smoothing" in options:
+        return []
+    name = target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
+    if name == f"{__name__}.{Hinge.__qualname__}":
+        return ["regularization.label_smoothing must be 0 with loss=hinge (it takes hard labels)"]
+    return [f"regularization.label_smoothing must be 0 with loss._target_={name} (its node has no "
+            f"label_smoothing to pass it to)"]
+
+
+def create_loss(factory: Callable, *, evaluation: bool = False) -> LossFn:
+    """The loss function `factory` makes: what hydra.utils.instantiate(node, _partial_=True) gives for the loss
+    node. A class (dlx's losses, torch.nn.CrossEntropyLoss) is instantiated with its options and the instance is
+    the loss; a function (torch.nn.functional.cross_entropy) is the loss itself, its options bound.
+
+    `evaluation=True` turns label smoothing off where the loss takes it: validation and test losses measure the
+    model, not the regularizer.
+    """
+    fn = factory.func if isinstance(factory, functools.partial) else factory
+    if evaluation and "label_smoothing" in _parameters(fn):
+        factory = functools.partial(factory, label_smoothing=0.0)
+    loss = factory() if isinstance(fn, type) else factory
+    if not callable(loss):
+        raise TypeError(f"loss {getattr(fn, '__name__', fn)!r} made a {type(loss).__name__}, not a callable "
+                        f"(logits, target) -> loss")
+    return loss
+
+
+def _parameters(fn: Callable) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return {}
