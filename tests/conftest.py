@@ -64,9 +64,16 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
-    skip = pytest.mark.skip(reason="slow: opt in with --runslow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    """Tests marked slow run with --runslow; tests marked cuda (`pytest -m cuda` selects them) need a GPU."""
+    if not config.getoption("--runslow"):
+        skip = pytest.mark.skip(reason="slow: opt in with --runslow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
+    cuda = [item for item in items if "cuda" in item.keywords]
+    if cuda:  # torch is imported only when a CUDA test was collected
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))

@@ -10,8 +10,6 @@ from dlx.build import build
 from dlx.compose import compose
 from dlx.engine import TrainState
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
 
 def built(overrides: list[str]):
     cfg = compose(["tracking=off", "trainer.progress=none", "model.width=32", *overrides])
@@ -36,14 +34,14 @@ def test_compile_trains_like_eager():
     assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-4)
 
 
-@cuda
+@pytest.mark.cuda
 def test_cuda_device_keeps_data_and_model_on_the_gpu():
     b = built(["trainer.device=cuda"])
     assert b.data.x_train.is_cuda and next(b.model.parameters()).is_cuda
     one_epoch(b)
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_on_cuda_trains(amp):
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
