@@ -1,4 +1,5 @@
-"""Behaviour of the model zoo: shapes, training steps, init statistics, structure and errors."""
+"""Behaviour of the model zoo: shapes, training steps, init statistics, structure and errors; each
+constructor's signature as the one home of its options."""
 
 from __future__ import annotations
 
@@ -6,10 +7,18 @@ import math
 
 import pytest
 import torch
+import yaml
+from hydra.utils import get_class
 from torch import nn
 
-from dlx.models import ACTIVATIONS, INITS, NORMS, create_model, list_models
-from dlx.models.layers import init_gain
+from dlx import options
+from dlx.compose import config_dir
+from dlx.models import CNN, MLP, NOT_OPTIONS, Activation, Init, Norm, ResNet, check_io
+from dlx.models.layers import init_gain, init_weights, make_activation, make_norm
+
+# Every option conf/model/ ships, by its name: a new model file is tested as soon as it exists.
+MODELS = {p.stem: get_class(yaml.safe_load(p.read_text())["_target_"])
+          for p in sorted((config_dir() / "model").glob("*.yaml"))}
 
 INPUTS = {"image": (1, 8, 8), "sequence": (2, 12), "tabular": (3,)}
 # Tiny widths keep the whole cross product fast; resnet depth 8 is its smallest valid depth.
@@ -18,25 +27,25 @@ TINY = {
     "cnn": dict(width=4, depth=2, hidden=8),
     "resnet": dict(width=4, depth=8),
 }
-CASES = [(m, k) for m in list_models() for k in INPUTS if m == "mlp" or k != "tabular"]
+CASES = [(m, k) for m in MODELS for k in INPUTS if m == "mlp" or k != "tabular"]
 # Each knob is swept on its own; mlp has no feature maps for instance norm (checked in test_errors).
-KNOBS = [("norm", n) for n in NORMS] + [("activation", a) for a in ACTIVATIONS] + [("init", i) for i in INITS]
+KNOBS = [("norm", n.value) for n in Norm] + [("activation", a.value) for a in Activation] + [
+    ("init", i.value) for i in Init]
 SWEEP = [(m, k, key, v) for m, k in CASES for key, v in KNOBS if not (m == "mlp" and v == "instance")]
 NUM_CLASSES = 3
 
 
 def build(name: str, kind: str = "image", **overrides) -> nn.Module:
-    return create_model(
-        name, input_shape=INPUTS[kind], num_classes=NUM_CLASSES, **{**TINY[name], **overrides}
-    )
+    return MODELS[name](input_shape=INPUTS[kind], num_classes=NUM_CLASSES, **{**TINY[name], **overrides})
 
 
 def batch(kind: str, n: int = 6) -> torch.Tensor:
     return torch.randn(n, *INPUTS[kind])
 
 
-def test_list_models():
-    assert list_models() == ["cnn", "mlp", "resnet"]
+def test_conf_names_every_model_and_the_tests_size_each():
+    assert MODELS == {"cnn": CNN, "mlp": MLP, "resnet": ResNet}
+    assert set(TINY) == set(MODELS)
 
 
 @pytest.mark.parametrize("name,kind,key,value", SWEEP)
@@ -87,7 +96,7 @@ def test_block_hooks_fire_once_and_see_block_outputs(name, kind):
 
 
 def test_mlp_depth_zero_is_logistic_regression():
-    model = create_model("mlp", input_shape=(4, 5), num_classes=3, depth=0)
+    model = MLP(input_shape=(4, 5), num_classes=3, depth=0)
     assert len(model.blocks) == 0 and model.num_layers == 0
     assert [type(m) for m in model.modules()][1:] == [nn.ModuleList, nn.Linear]
     assert model.head.in_features == 20
@@ -105,7 +114,7 @@ def test_mlp_depth_zero_is_logistic_regression():
 )
 def test_cnn_input_kinds(input_shape, depth, conv_type):
     # Depth 4 on 8x8 digits runs out of map to pool (8->4->2->1) and must skip the last pool.
-    model = create_model("cnn", input_shape=input_shape, num_classes=10, width=4, depth=depth, hidden=8)
+    model = CNN(input_shape=input_shape, num_classes=10, width=4, depth=depth, hidden=8)
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
     assert len(convs) == depth and all(type(c) is conv_type for c in convs)
     assert [c.out_channels for c in convs] == [4 * 2**i for i in range(depth)]
@@ -115,7 +124,7 @@ def test_cnn_input_kinds(input_shape, depth, conv_type):
 
 @pytest.mark.parametrize("depth,blocks", [(8, 4), (14, 7), (20, 10)])
 def test_resnet_depth_sets_block_count(depth, blocks):
-    model = create_model("resnet", input_shape=(1, 8, 8), num_classes=10, depth=depth, width=4)
+    model = ResNet(input_shape=(1, 8, 8), num_classes=10, depth=depth, width=4)
     assert model.num_layers == len(model.blocks) == blocks  # stem + 3 stages of (depth - 2) / 6
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(convs) + 1 == depth  # the paper's count: 3x3 convs plus the head
@@ -126,7 +135,7 @@ def test_resnet_depth_sets_block_count(depth, blocks):
 
 
 def test_resnet_on_sequences_uses_conv1d():
-    model = create_model("resnet", input_shape=(1, 40), num_classes=10, depth=8, width=4, norm="batch")
+    model = ResNet(input_shape=(1, 40), num_classes=10, depth=8, width=4, norm="batch")
     assert not any(isinstance(m, nn.Conv2d) for m in model.modules())
     assert any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
     assert model(torch.randn(2, 1, 40)).shape == (2, 10)
@@ -154,9 +163,9 @@ def test_normal_init_std(activation):
     torch.manual_seed(0)
     fan_in, fan_out = 1024, 512
     kw = dict(input_shape=(fan_in,), num_classes=2, width=fan_out, depth=1, activation=activation)
-    xavier = _first_weight(create_model("mlp", init="xavier_normal", **kw))
+    xavier = _first_weight(MLP(init="xavier_normal", **kw))
     assert xavier.std().item() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.03)
-    he = _first_weight(create_model("mlp", init="he_normal", **kw))
+    he = _first_weight(MLP(init="he_normal", **kw))
     assert he.std().item() == pytest.approx(init_gain(activation) / math.sqrt(fan_in), rel=0.03)
     if activation == "relu":
         assert he.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.03)
@@ -164,7 +173,7 @@ def test_normal_init_std(activation):
 
 def test_conv_init_uses_receptive_field_fan_in():
     torch.manual_seed(0)
-    model = create_model("cnn", input_shape=(16, 8, 8), num_classes=2, width=64, depth=1, init="he_normal")
+    model = CNN(input_shape=(16, 8, 8), num_classes=2, width=64, depth=1, init="he_normal")
     fan_in = 16 * 3 * 3
     assert _first_weight(model).std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.05)
 
@@ -172,13 +181,13 @@ def test_conv_init_uses_receptive_field_fan_in():
 def test_uniform_and_orthogonal_init():
     torch.manual_seed(0)
     kw = dict(input_shape=(256,), num_classes=2, width=128, depth=1)
-    w = _first_weight(create_model("mlp", init="xavier_uniform", **kw))
+    w = _first_weight(MLP(init="xavier_uniform", **kw))
     bound = math.sqrt(6 / (256 + 128))
     assert 0.95 * bound < w.abs().max().item() <= bound
-    w = _first_weight(create_model("mlp", init="he_uniform", **kw))
+    w = _first_weight(MLP(init="he_uniform", **kw))
     bound = math.sqrt(2) * math.sqrt(3 / 256)
     assert 0.95 * bound < w.abs().max().item() <= bound
-    w = _first_weight(create_model("mlp", init="orthogonal", activation="tanh", **kw))
+    w = _first_weight(MLP(init="orthogonal", activation="tanh", **kw))
     gain = nn.init.calculate_gain("tanh")
     torch.testing.assert_close(w @ w.T, gain**2 * torch.eye(128), atol=1e-4, rtol=0)
 
@@ -186,7 +195,7 @@ def test_uniform_and_orthogonal_init():
 def _block_stds(init: str) -> tuple[float, list[float]]:
     torch.manual_seed(0)
     width = 256
-    model = create_model("mlp", input_shape=(width,), num_classes=10, width=width, depth=20, init=init)
+    model = MLP(input_shape=(width,), num_classes=10, width=width, depth=20, init=init)
     stds: list[float] = []
     for block in model.blocks:
         block.register_forward_hook(lambda _m, _i, out: stds.append(out.std().item()))
@@ -205,7 +214,7 @@ def test_he_keeps_relu_activations_while_xavier_shrinks_them():
     assert xavier[-1] < xavier[0] / 10  # the shrinking compounds across depth
 
 
-@pytest.mark.parametrize("init", [i for i in INITS if i != "default"])
+@pytest.mark.parametrize("init", [i.value for i in Init if i is not Init.default])
 @pytest.mark.parametrize("name,kind", [("mlp", "tabular"), ("cnn", "image"), ("resnet", "sequence")])
 def test_non_default_init_zeroes_biases_and_resets_norms(name, kind, init):
     for norm in ("none", "group"):
@@ -239,7 +248,7 @@ def test_default_init_is_pytorch_own():
     ],
 )
 def test_conv_norm_layers(norm, spatial, expected):
-    model = create_model("cnn", input_shape=INPUTS[spatial], num_classes=2, width=12, depth=2, norm=norm)
+    model = CNN(input_shape=INPUTS[spatial], num_classes=2, width=12, depth=2, norm=norm)
     found = [m for m in model.modules() if isinstance(m, expected)]
     assert len(found) == 2
     if norm == "instance":
@@ -273,11 +282,11 @@ def test_deterministic_under_manual_seed(name, kind):
 
 
 def test_accepts_list_like_input_shape():
-    model = create_model("cnn", input_shape=[1, 8, 8], num_classes=4, width=4, hidden=8)
+    model = CNN(input_shape=[1, 8, 8], num_classes=4, width=4, hidden=8)
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 4)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS)
 def test_autocast_forward(name):
     kind = "tabular" if name == "mlp" else "image"
     model = build(name, kind, norm="batch")
@@ -297,23 +306,21 @@ def test_autocast_forward(name):
         ("resnet", (1, 8, 8), {"depth": 10}, ["model.depth", "6n+2", "8, 14, 20"]),
         ("mlp", (3,), {"depth": -1}, ["model.depth", ">= 0"]),
         ("cnn", (1, 8, 8), {"pool": "min"}, ["model.pool", "max, avg, none"]),
-        ("cnn", (1, 8, 8), {"kernal": 3}, ["model 'cnn' has no option 'kernal'", "kernel_size", "pool"]),
-        ("transformer", (3,), {}, ["'transformer'", "cnn, mlp, resnet"]),
         ("cnn", (2,), {}, ["model 'cnn' needs image (C,H,W) or sequence (C,L)", "(2,)", "model=mlp"]),
         ("resnet", (2,), {}, ["model 'resnet' needs image", "(2,)", "model=mlp"]),
-        ("mlp", (3,), {"norm": "instance"}, ["model.norm=instance", "mlp has none", "norm=layer"]),
+        ("mlp", (3,), {"norm": "instance"}, ["model.norm=instance", "mlp has none", "layer", "model=cnn"]),
         ("cnn", (1, 8, 8), {"norm": "instance", "depth": 4}, ["model.norm=instance", "model.depth"]),
         ("cnn", (1, 8, 8), {"depth": 3, "padding": 0}, ["model.depth", "padding"]),
     ],
 )
 def test_errors_name_the_key_and_valid_values(name, input_shape, kwargs, expected):
     with pytest.raises(ValueError) as err:
-        create_model(name, input_shape=input_shape, num_classes=2, **kwargs)
+        MODELS[name](input_shape=input_shape, num_classes=2, **kwargs)
     for text in expected:
         assert text in str(err.value)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS)
 def test_torch_compile_captures_whole_graph(name):
     # aot_eager traces forward and backward like the real compiler but skips code generation,
     # which keeps the check quick on CPU; fullgraph=True fails on any graph break.
@@ -326,3 +333,109 @@ def test_torch_compile_captures_whole_graph(name):
     model.train()
     compiled(x).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# ---------------------------------------------------------------- the signature as the one home of the options
+# Today's values (the conf/model/*.yaml of before, and validate.py's model ranges), pinned once here so that
+# moving them into the signatures changed none of them.
+SHARED = {"norm": "none", "activation": "relu", "init": "default", "dropout": 0.0}
+DEFAULTS = {
+    "mlp": {"width": 256, "depth": 2, **SHARED},
+    "cnn": {"width": 32, "depth": 2, "kernel_size": 3, "stride": 1, "padding": 1, "pool": "max", "hidden": 128,
+            **SHARED},
+    "resnet": {**SHARED, "depth": 8, "width": 16, "skip": True, "norm": "batch", "init": "he_normal"},
+}
+RANGES = {"width": ">= 1", "dropout": "in [0, 1)", "kernel_size": ">= 1", "stride": ">= 1", "padding": ">= 0",
+          "hidden": ">= 1", "norm": "none, batch, layer, group, instance", "pool": "max, avg, none",
+          "activation": "relu, leaky_relu, elu, selu, gelu, sigmoid, tanh", "skip": "",
+          "init": "default, xavier_uniform, xavier_normal, he_uniform, he_normal, orthogonal"}
+DEPTHS = {"mlp": ">= 0", "cnn": ">= 1 (depth 0 is an mlp)", "resnet": ">= 8 (6n+2: 8, 14, 20, 32, 44, 56, ...)"}
+
+
+def _outside(opt: options.Option):
+    """A value its rule refuses: just past a bound of its Range, or a name that is not a choice."""
+    rule = opt.rule
+    if not isinstance(rule, options.Range):
+        return "bogus"
+    return next(v for v in (rule.ge - 1 if rule.ge is not None else None, rule.gt, rule.lt,
+                            rule.le + 1 if rule.le is not None else None) if v is not None)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_signature_holds_todays_defaults_and_ranges_and_the_yaml_only_deltas(name):
+    spec = options.spec(MODELS[name], skip=NOT_OPTIONS)
+    assert {k: getattr(o.default, "value", o.default) for k, o in spec.items()} == DEFAULTS[name]
+    assert {k: o.allowed() for k, o in spec.items()} == {k: DEPTHS[name] if k == "depth" else RANGES[k] for k in spec}
+    # what the constructor uses when an option is left out is what the spec reports
+    model = MODELS[name](input_shape=(1, 8, 8), num_classes=2)
+    assert model.num_layers == {"mlp": 2, "cnn": 3, "resnet": 4}[name]
+    first = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    assert getattr(first, "out_features", getattr(first, "out_channels", None)) == DEFAULTS[name]["width"]
+    assert {k: v for k, v in yaml.safe_load((config_dir() / "model" / f"{name}.yaml").read_text()).items()
+            if k not in ("defaults", "_target_")} == {"dropout": "${regularization.dropout}"}
+
+
+@pytest.mark.parametrize("name,key", [(m, k) for m in MODELS for k, o in
+                                      options.spec(MODELS[m], skip=NOT_OPTIONS).items() if o.rule is not None])
+def test_a_direct_call_refuses_a_bad_value_as_the_config_check_does(name, key):
+    spec = options.spec(MODELS[name], skip=NOT_OPTIONS)
+    bad = {key: _outside(spec[key])}
+    (expected,) = options.problems(spec, bad, "model")
+    assert expected.startswith(f"model.{key}=") and "allowed" in expected
+    with pytest.raises(ValueError) as err:
+        MODELS[name](input_shape=(1, 8, 8), num_classes=2, **bad)
+    assert str(err.value) == expected
+
+
+@pytest.mark.parametrize("name,bad,expected", [
+    ("resnet", {"depth": 10}, "model.depth=10 is not valid for resnet: allowed 6n+2: 8, 14, 20, 32, 44, 56, ..."),
+    ("mlp", {"norm": Norm.instance}, "model.norm=instance needs feature maps and mlp has none: allowed none, "
+                                     "batch, layer, group (or model=cnn / model=resnet)"),
+])
+def test_rules_joining_options_live_once_on_the_class(name, bad, expected):
+    assert MODELS[name].option_problems(bad) == [expected]
+    assert MODELS[name].option_problems({"depth": 14, "norm": "batch"}) == []
+    with pytest.raises(ValueError) as err:
+        MODELS[name](input_shape=(1, 8, 8), num_classes=2, **bad)
+    assert str(err.value) == expected
+
+
+def test_unknown_option_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match="kernal"):
+        CNN(input_shape=(1, 8, 8), num_classes=2, kernal=3)
+
+
+@pytest.mark.parametrize("shape,classes,expected", [
+    ((), 2, "input_shape=() is not valid; it must be a non-empty sequence"),
+    ("abc", 2, "input_shape='abc' is not valid"),
+    (5, 2, "input_shape=5 is not valid"),
+    ((1, 0, 8), 2, "input_shape=(1, 0, 8) is not valid; every size must be an integer >= 1"),
+    ((1, 2.5), 2, "input_shape=(1, 2.5) is not valid; every size must be an integer"),
+    ((3,), 0, "num_classes=0 is not valid; it must be an integer >= 1"),
+    ((3,), True, "num_classes=True is not valid"),
+])
+def test_check_io_refuses_what_no_model_can_take(shape, classes, expected):
+    with pytest.raises(ValueError) as err:
+        check_io(shape, classes)
+    assert str(err.value).startswith(expected)
+    with pytest.raises(ValueError, match="input_shape|num_classes"):
+        MLP(input_shape=shape, num_classes=classes)
+
+
+def test_check_io_returns_a_tuple_of_ints():
+    import numpy as np
+
+    assert check_io([1, np.int64(8), 8], 3) == (1, 8, 8)
+    assert NOT_OPTIONS == ("input_shape", "num_classes")
+
+
+def test_building_blocks_take_a_name_or_a_member():
+    assert type(make_norm("group", 8, spatial_dims=2)) is type(make_norm(Norm.group, 8, spatial_dims=2))
+    assert isinstance(make_activation(Activation.tanh), nn.Tanh) and isinstance(make_activation("elu"), nn.ELU)
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    init_weights(a, init="orthogonal", activation="tanh")
+    init_weights(b, init=Init.orthogonal, activation=Activation.tanh)
+    assert torch.count_nonzero(a.bias) == 0 == torch.count_nonzero(b.bias)
+    with pytest.raises(ValueError, match="^model.activation='swish' is not valid: allowed relu, leaky_relu"):
+        make_activation("swish")

@@ -1,18 +1,63 @@
-"""Building blocks shared by every model: option checks, norms, activations, weight init.
+"""Building blocks shared by every model: the choices and ranges of the options they share, the input
+contract (check_io), the check of a constructor's options, norms, activations and weight init.
 
-Every model takes the same knobs (norm, activation, dropout, init), so they are validated and
-built here once; error messages use the config key (``model.norm``, ...) the user would edit.
+The str-Enums below are the one home of each option's allowed names: the config schema, its checks,
+`dlx train --help` and the constructors all read them from here. Messages use the config key
+(``model.norm``, ...) the user would edit.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import operator
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Annotated, TypeVar
 
 from torch import nn
 
-NORMS = ("none", "batch", "layer", "group", "instance")
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "gelu", "sigmoid", "tanh")
-INITS = ("default", "xavier_uniform", "xavier_normal", "he_uniform", "he_normal", "orthogonal")
+from dlx import options
+from dlx.options import Range
+
+
+class Norm(str, Enum):
+    none = "none"
+    batch = "batch"
+    layer = "layer"
+    group = "group"
+    instance = "instance"  # needs feature maps: cnn and resnet
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    leaky_relu = "leaky_relu"
+    elu = "elu"
+    selu = "selu"
+    gelu = "gelu"
+    sigmoid = "sigmoid"
+    tanh = "tanh"
+
+
+class Init(str, Enum):
+    default = "default"  # PyTorch's own initialisation, untouched
+    xavier_uniform = "xavier_uniform"
+    xavier_normal = "xavier_normal"
+    he_uniform = "he_uniform"
+    he_normal = "he_normal"
+    orthogonal = "orthogonal"
+
+
+class Pool(str, Enum):
+    max = "max"
+    avg = "avg"
+    none = "none"
+
+
+# The ranges of the options every model shares, written once for all of them.
+Width = Annotated[int, Range(ge=1)]
+Dropout = Annotated[float, Range(ge=0, lt=1)]
 
 LEAKY_SLOPE = 0.01
 
@@ -20,13 +65,13 @@ LEAKY_SLOPE = 0.01
 # gelu and elu behave like relu for positive inputs, which is where the variance argument of He et
 # al. comes from, so they share relu's gain.
 _GAIN_NONLINEARITY = {
-    "relu": ("relu", None),
-    "gelu": ("relu", None),
-    "elu": ("relu", None),
-    "leaky_relu": ("leaky_relu", LEAKY_SLOPE),
-    "tanh": ("tanh", None),
-    "sigmoid": ("sigmoid", None),
-    "selu": ("selu", None),
+    Activation.relu: ("relu", None),
+    Activation.gelu: ("relu", None),
+    Activation.elu: ("relu", None),
+    Activation.leaky_relu: ("leaky_relu", LEAKY_SLOPE),
+    Activation.tanh: ("tanh", None),
+    Activation.sigmoid: ("sigmoid", None),
+    Activation.selu: ("selu", None),
 }
 
 # Weighted layers the init schemes touch, and norms whose affine parameters they reset.
@@ -40,35 +85,64 @@ _NORM_LAYERS = (
     nn.InstanceNorm2d,
 )
 
-
-def check_choice(key: str, value, valid: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``valid``; otherwise raise naming ``key`` and the choices."""
-    if value not in valid:
-        raise ValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
-    return value
+E = TypeVar("E", bound=Enum)
 
 
-def check_int(key: str, value, *, minimum: int) -> int:
-    """Return ``value`` if it is an integer of at least ``minimum``; otherwise raise naming ``key``."""
-    # bool is an int subclass, but `width: true` in a config is a mistake, not the number 1.
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key}={value!r} is not valid; it must be an integer >= {minimum}")
-    return value
+def member(kind: type[E], key: str, value) -> E:
+    """The member of ``kind`` that ``value`` (a name or a member) names; otherwise raise naming ``key``."""
+    try:
+        return kind(choice(value))
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise ValueError(f"{key}={value!r} is not valid: allowed {allowed}") from None
 
 
-def check_dropout(value) -> float:
-    """Return the dropout probability if it lies in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"model.dropout={value!r} is not valid; it must be a number in [0, 1)")
-    return float(value)
+def choice(value):
+    """The name a choice option holds, given a str or an Enum member (OmegaConf hands over members)."""
+    return getattr(value, "value", value)
 
 
-def check_common(*, norm: str, activation: str, dropout: float, init: str) -> float:
-    """Validate the knobs every model shares; return dropout as a float."""
-    check_choice("model.norm", norm, NORMS)
-    check_choice("model.activation", activation, ACTIVATIONS)
-    check_choice("model.init", init, INITS)
-    return check_dropout(dropout)
+def check_io(input_shape: Sequence[int], num_classes: int) -> tuple[int, ...]:
+    """Check the two arguments dlx passes every model, built-in or the user's, and return the shape as a
+    tuple of ints. ``input_shape`` is one sample's shape: (C, H, W) images, (C, L) sequences or (F,)
+    features; a config hands it over as a list-like (OmegaConf's ListConfig)."""
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or not input_shape:
+        raise ValueError(f"input_shape={input_shape!r} is not valid; it must be a non-empty sequence of sizes")
+    try:
+        # operator.index takes numpy's integers too, but not 2.5 or True
+        shape = tuple(operator.index(s) for s in input_shape if not isinstance(s, bool))
+    except TypeError:
+        shape = ()
+    if len(shape) != len(input_shape) or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape={tuple(input_shape)} is not valid; every size must be an integer >= 1")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r} is not valid; it must be an integer >= 1")
+    return shape
+
+
+# The arguments dlx passes a model itself: they are not options a config sets.
+NOT_OPTIONS = tuple(inspect.signature(check_io).parameters)
+
+
+def checked_options(init: Callable) -> Callable:
+    """Decorate a model's __init__: its options are checked against its own signature (ranges and
+    choices, through dlx.options) and its class's ``option_problems`` before anything is built, so a
+    direct Python call refuses what the config checks refuse, with the same messages."""
+    signature = inspect.signature(init)
+    spec = options.spec(init, skip=NOT_OPTIONS)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        values = {k: v for k, v in bound.arguments.items() if k in spec}
+        # joint rules only once every value is valid on its own: one message per mistake
+        found = options.problems(spec, values, "model") or type(self).option_problems(values)
+        if found:
+            raise ValueError("; ".join(found))
+        init(self, *args, **kwargs)
+
+    return wrapper
 
 
 def spatial_input(model: str, input_shape: tuple[int, ...]) -> int:
@@ -87,22 +161,22 @@ def group_count(channels: int, *, min_group_size: int = 1) -> int:
     return next((g for g in (8, 4, 2) if channels % g == 0 and channels // g >= min_group_size), 1)
 
 
-def make_norm(kind: str, channels: int, *, spatial_dims: int) -> nn.Module:
+def make_norm(kind: Norm | str, channels: int, *, spatial_dims: int) -> nn.Module:
     """A normalisation layer over ``channels`` features.
 
     ``spatial_dims`` is 0 for plain feature vectors (N, F), 1 for sequences (N, C, L) and 2 for
     images (N, C, H, W).
     """
-    check_choice("model.norm", kind, NORMS)
-    if kind == "none":
+    kind = member(Norm, "model.norm", kind)
+    if kind is Norm.none:
         return nn.Identity()
-    if kind == "batch":
+    if kind is Norm.batch:
         return nn.BatchNorm2d(channels) if spatial_dims == 2 else nn.BatchNorm1d(channels)
-    if kind == "layer":
+    if kind is Norm.layer:
         # On feature maps, one group over all channels normalises each sample over (C, *spatial),
         # which is layer norm without having to know the spatial size in advance.
         return nn.LayerNorm(channels) if spatial_dims == 0 else nn.GroupNorm(1, channels)
-    if kind == "group":
+    if kind is Norm.group:
         # On feature vectors a one-channel group is a single value, which normalises to 0 and kills
         # the layer (e.g. width 8 in 8 groups); feature maps still have their spatial extent per group.
         min_group_size = 2 if spatial_dims == 0 else 1
@@ -116,22 +190,19 @@ def make_norm(kind: str, channels: int, *, spatial_dims: int) -> nn.Module:
     return cls(channels, affine=True)
 
 
-def make_activation(name: str) -> nn.Module:
+def make_activation(name: Activation | str) -> nn.Module:
     """A fresh activation module; each use gets its own so hooks can tell them apart."""
-    check_choice("model.activation", name, ACTIVATIONS)
-    if name == "relu":
-        return nn.ReLU()
-    if name == "leaky_relu":
+    name = member(Activation, "model.activation", name)
+    if name is Activation.leaky_relu:
         return nn.LeakyReLU(negative_slope=LEAKY_SLOPE)
-    if name == "elu":
-        return nn.ELU()
-    if name == "selu":
-        return nn.SELU()
-    if name == "gelu":
-        return nn.GELU()
-    if name == "sigmoid":
-        return nn.Sigmoid()
-    return nn.Tanh()
+    return {
+        Activation.relu: nn.ReLU,
+        Activation.elu: nn.ELU,
+        Activation.selu: nn.SELU,
+        Activation.gelu: nn.GELU,
+        Activation.sigmoid: nn.Sigmoid,
+        Activation.tanh: nn.Tanh,
+    }[name]()
 
 
 def conv_class(spatial_dims: int) -> type[nn.Module]:
@@ -139,36 +210,36 @@ def conv_class(spatial_dims: int) -> type[nn.Module]:
     return nn.Conv2d if spatial_dims == 2 else nn.Conv1d
 
 
-def init_gain(activation: str) -> float:
+def init_gain(activation: Activation | str) -> float:
     """The gain torch.nn.init.calculate_gain gives for the nonlinearity matching ``activation``."""
-    nonlinearity, param = _GAIN_NONLINEARITY[check_choice("model.activation", activation, ACTIVATIONS)]
+    nonlinearity, param = _GAIN_NONLINEARITY[member(Activation, "model.activation", activation)]
     return nn.init.calculate_gain(nonlinearity, param)
 
 
-def init_weights(model: nn.Module, *, init: str, activation: str) -> None:
+def init_weights(model: nn.Module, *, init: Init | str, activation: Activation | str) -> None:
     """Re-initialise every Linear and Conv weight of ``model`` in place with scheme ``init``.
 
     "default" leaves PyTorch's own initialisation alone. Every other scheme also zeroes the biases
     and sets norm layers to the identity transform (weight 1, bias 0), so that a run's starting
     point depends on the scheme alone.
     """
-    check_choice("model.init", init, INITS)
-    if init == "default":
+    init = member(Init, "model.init", init)
+    if init is Init.default:
         return
-    nonlinearity, param = _GAIN_NONLINEARITY[check_choice("model.activation", activation, ACTIVATIONS)]
+    nonlinearity, param = _GAIN_NONLINEARITY[member(Activation, "model.activation", activation)]
     a = 0.0 if param is None else param
     for module in model.modules():
         if isinstance(module, _WEIGHTED):
             weight = module.weight
-            if init == "xavier_uniform":
+            if init is Init.xavier_uniform:
                 # Gain 1 as published by Glorot & Bengio: with relu this shrinks activations with
                 # depth, which is exactly what the init study sets out to show.
                 nn.init.xavier_uniform_(weight, gain=1.0)
-            elif init == "xavier_normal":
+            elif init is Init.xavier_normal:
                 nn.init.xavier_normal_(weight, gain=1.0)
-            elif init == "he_uniform":
+            elif init is Init.he_uniform:
                 nn.init.kaiming_uniform_(weight, a=a, mode="fan_in", nonlinearity=nonlinearity)
-            elif init == "he_normal":
+            elif init is Init.he_normal:
                 nn.init.kaiming_normal_(weight, a=a, mode="fan_in", nonlinearity=nonlinearity)
             else:
                 nn.init.orthogonal_(weight, gain=nn.init.calculate_gain(nonlinearity, param))

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from dlx.models.layers import check_common, check_int, init_weights, make_activation, make_norm
+from dlx.models.layers import (
+    Activation,
+    Dropout,
+    Init,
+    Norm,
+    Width,
+    check_io,
+    checked_options,
+    choice,
+    init_weights,
+    make_activation,
+    make_norm,
+    member,
+)
+from dlx.options import Range
 
 
 class MLP(nn.Module):
@@ -17,26 +33,22 @@ class MLP(nn.Module):
     i.e. multinomial logistic regression.
     """
 
+    @checked_options
     def __init__(
         self,
         *,
-        input_shape: tuple[int, ...],
+        input_shape: Sequence[int],
         num_classes: int,
-        width: int = 128,
-        depth: int = 2,
-        norm: str = "none",
-        activation: str = "relu",
-        dropout: float = 0.0,
-        init: str = "default",
+        width: Width = 256,
+        depth: Annotated[int, Range(ge=0)] = 2,  # hidden blocks; 0 is logistic regression
+        norm: Norm = Norm.none,
+        activation: Activation = Activation.relu,
+        dropout: Dropout = 0.0,
+        init: Init = Init.default,
     ):
         super().__init__()
-        dropout = check_common(norm=norm, activation=activation, dropout=dropout, init=init)
-        if norm == "instance":
-            raise ValueError(
-                "model.norm=instance needs feature maps; mlp has none; use cnn or resnet, or norm=layer"
-            )
-        check_int("model.width", width, minimum=1)
-        check_int("model.depth", depth, minimum=0)
+        input_shape = check_io(input_shape, num_classes)
+        norm = member(Norm, "model.norm", norm)
         in_features = math.prod(input_shape)
 
         blocks = []
@@ -44,10 +56,10 @@ class MLP(nn.Module):
             blocks.append(
                 nn.Sequential(
                     # A norm right after the Linear re-centres its output, so the bias would be dead weight.
-                    nn.Linear(in_features, width, bias=norm == "none"),
+                    nn.Linear(in_features, width, bias=norm is Norm.none),
                     make_norm(norm, width, spatial_dims=0),
                     make_activation(activation),
-                    nn.Dropout(dropout),
+                    nn.Dropout(float(dropout)),
                 )
             )
             in_features = width
@@ -55,6 +67,15 @@ class MLP(nn.Module):
         self.head = nn.Linear(in_features, num_classes)
         self.num_layers = len(self.blocks)
         init_weights(self, init=init, activation=activation)
+
+    @staticmethod
+    def option_problems(options: dict) -> list[str]:
+        """Rules that join options or depend on the model, beyond each option's own range and choices."""
+        if choice(options.get("norm")) != Norm.instance.value:
+            return []
+        allowed = ", ".join(n.value for n in Norm if n is not Norm.instance)
+        return [f"model.norm=instance needs feature maps and mlp has none: allowed {allowed} "
+                "(or model=cnn / model=resnet)"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from torch import nn
 
 from dlx.models.layers import (
-    check_common,
-    check_int,
+    Activation,
+    Dropout,
+    Init,
+    Norm,
+    Width,
+    check_io,
+    checked_options,
     conv_class,
     init_weights,
     make_activation,
     make_norm,
+    member,
     spatial_input,
 )
+from dlx.options import Range
+
+_DEPTHS = "6n+2: 8, 14, 20, 32, 44, 56, ..."
 
 
 class BasicBlock(nn.Module):
@@ -32,13 +43,13 @@ class BasicBlock(nn.Module):
         out_channels: int,
         stride: int,
         spatial_dims: int,
-        norm: str,
-        activation: str,
+        norm: Norm,
+        activation: Activation,
         skip: bool,
     ):
         super().__init__()
         conv = conv_class(spatial_dims)
-        bias = norm == "none"  # a following norm's shift makes a conv bias redundant
+        bias = norm is Norm.none  # a following norm's shift makes a conv bias redundant
         self.conv1 = conv(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
         self.norm1 = make_norm(norm, out_channels, spatial_dims=spatial_dims)
         self.act1 = make_activation(activation)
@@ -71,44 +82,38 @@ class ResNet(nn.Module):
     first block. ``depth`` counts weighted layers as in the paper (stem + 6n convs + head).
     """
 
+    @checked_options
     def __init__(
         self,
         *,
-        input_shape: tuple[int, ...],
+        input_shape: Sequence[int],
         num_classes: int,
-        depth: int = 20,
-        width: int = 16,
-        skip: bool = True,
-        norm: str = "none",
-        activation: str = "relu",
-        dropout: float = 0.0,
-        init: str = "default",
+        depth: Annotated[int, Range(ge=8, note=f"({_DEPTHS})")] = 8,  # weighted layers, as in the paper
+        width: Width = 16,
+        skip: bool = True,  # false: the same network without residual connections (the "plain" net)
+        norm: Norm = Norm.batch,
+        activation: Activation = Activation.relu,
+        dropout: Dropout = 0.0,  # before the head
+        init: Init = Init.he_normal,
     ):
         super().__init__()
+        input_shape = check_io(input_shape, num_classes)
         spatial_dims = spatial_input("resnet", input_shape)
-        dropout = check_common(norm=norm, activation=activation, dropout=dropout, init=init)
-        check_int("model.width", width, minimum=1)
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-            raise ValueError(
-                f"model.depth={depth!r} is not valid for resnet; it must be 6n+2 with n >= 1, "
-                "e.g. 8, 14, 20, 32, 44, 56, 110"
-            )
-        if not isinstance(skip, bool):
-            raise ValueError(f"model.skip={skip!r} is not valid; it must be true or false")
+        norm = member(Norm, "model.norm", norm)
         blocks_per_stage = (depth - 2) // 6
-        if norm == "instance":
+        if norm is Norm.instance:
             # Two stride-2 stages shrink each spatial side to ceil(side / 4).
             last = [math.ceil(s / 4) for s in input_shape[1:]]
             if math.prod(last) == 1:
                 raise ValueError(
                     f"model.norm=instance needs maps larger than 1 element, but resnet's last stage sees "
-                    f"{tuple(last)} for input {tuple(input_shape)}; use another model.norm (batch, layer, group)"
+                    f"{tuple(last)} for input {input_shape}; use another model.norm (batch, layer, group)"
                 )
 
         conv = conv_class(spatial_dims)
         blocks: list[nn.Module] = [
             nn.Sequential(
-                conv(input_shape[0], width, 3, stride=1, padding=1, bias=norm == "none"),
+                conv(input_shape[0], width, 3, stride=1, padding=1, bias=norm is Norm.none),
                 make_norm(norm, width, spatial_dims=spatial_dims),
                 make_activation(activation),
             )
@@ -132,10 +137,18 @@ class ResNet(nn.Module):
                 in_channels = out_channels
         self.blocks = nn.ModuleList(blocks)
         self.pool = nn.AdaptiveAvgPool2d(1) if spatial_dims == 2 else nn.AdaptiveAvgPool1d(1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(float(dropout))
         self.head = nn.Linear(in_channels, num_classes)
         self.num_layers = len(self.blocks)
         init_weights(self, init=init, activation=activation)
+
+    @staticmethod
+    def option_problems(options: dict) -> list[str]:
+        """Rules beyond each option's own range: depth is 6n+2 (its Range says >= 8)."""
+        depth = options.get("depth")
+        if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 8 and (depth - 2) % 6:
+            return [f"model.depth={depth} is not valid for resnet: allowed {_DEPTHS}"]
+        return []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
