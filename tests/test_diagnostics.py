@@ -15,9 +15,9 @@ from torch.func import functional_call
 
 from dlx.compose import compose
 from dlx.config import ConfigError
-from dlx.diagnostics import eps_sharpness, hessian_top_eig, hvp, interpolate, layer_stats
+from dlx.diagnostics import eps_sharpness, hessian_top_eig, hvp, interpolate, layer_modules, layer_stats
 from dlx.diagnostics.common import evaluated, fixed_subset
-from dlx.models import create_model
+from dlx.models import CNN, MLP, ResNet
 from tests.conftest import QUICK, client_for, run_dlx
 
 ce = F.cross_entropy
@@ -129,7 +129,7 @@ def test_eps_sharpness_finds_the_maximum_of_its_box(eps):
 
 
 def test_eps_sharpness_on_a_network_is_positive_and_leaves_it_untouched():
-    model = create_model("mlp", input_shape=(10,), num_classes=3, width=16, depth=2, norm="batch", dropout=0.2)
+    model = MLP(input_shape=(10,), num_classes=3, width=16, depth=2, norm="batch", dropout=0.2)
     x, y = torch.randn(64, 10), torch.randint(0, 3, (64,))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
@@ -141,7 +141,7 @@ def test_eps_sharpness_on_a_network_is_positive_and_leaves_it_untouched():
 
 def test_layer_stats_match_a_forward_and_backward_pass_by_hand():
     torch.manual_seed(0)
-    model = create_model("mlp", input_shape=(5,), num_classes=3, width=4, depth=2, activation="relu")
+    model = MLP(input_shape=(5,), num_classes=3, width=4, depth=2, activation="relu")
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
     act, grad = layer_stats(model, ce, x, y)
 
@@ -161,7 +161,7 @@ def test_layer_stats_match_a_forward_and_backward_pass_by_hand():
 def test_layer_stats_leave_training_as_it_was():
     """BatchNorm's running statistics, dropout's random stream and the mode are as before the call."""
     torch.manual_seed(0)
-    model = create_model("mlp", input_shape=(6,), num_classes=2, width=8, depth=3, norm="batch", dropout=0.5)
+    model = MLP(input_shape=(6,), num_classes=2, width=8, depth=3, norm="batch", dropout=0.5)
     x, y = torch.randn(32, 6), torch.randint(0, 2, (32,))
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     model.eval()
@@ -177,24 +177,70 @@ def test_layer_stats_leave_training_as_it_was():
 
 
 def test_layer_stats_work_on_every_model():
-    for name, shape in (("mlp", (1, 8, 8)), ("cnn", (1, 8, 8)), ("resnet", (1, 8, 8))):
-        model = create_model(name, input_shape=shape, num_classes=4, width=8, depth=8 if name == "resnet" else 2)
+    for cls, shape in ((MLP, (1, 8, 8)), (CNN, (1, 8, 8)), (ResNet, (1, 8, 8))):
+        name = cls.__name__
+        model = cls(input_shape=shape, num_classes=4, width=8, depth=8 if cls is ResNet else 2)
         act, grad = layer_stats(model, ce, torch.randn(6, *shape), torch.randint(0, 4, (6,)))
         assert len(grad) == len(model.blocks) + 1 and len(act) == len(model.blocks)
         assert all(v > 0 and math.isfinite(v) for v in [*act, *grad]), name
+
+
+class Tagger(nn.Module):
+    """A user's model without `blocks`: the head is defined before the encoder, the encoder is an LSTM (its
+    output is a tuple) and a LayerNorm sits between them, so attribute order is not forward order."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(6, 3)
+        self.embed = nn.Linear(2, 5)
+        self.lstm = nn.LSTM(5, 6, batch_first=True)
+        self.norm = nn.LayerNorm(6)
+
+    def forward(self, x):
+        out, _ = self.lstm(torch.tanh(self.embed(x)))
+        return self.head(self.norm(out[:, -1]))
+
+
+def test_layer_stats_fall_back_to_the_modules_holding_parameters_in_forward_order():
+    torch.manual_seed(0)
+    model = Tagger()
+    x, y = torch.randn(8, 4, 2), torch.randint(0, 3, (8,))
+    assert layer_modules(model, x) == [model.embed, model.lstm, model.norm, model.head]
+    act, grad = layer_stats(model, ce, x, y)
+
+    outputs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+             for m in (model.embed, model.lstm, model.norm)]
+    loss = ce(model(x), y)
+    for h in hooks:
+        h.remove()
+    by_hand_grad = [math.sqrt(sum(float(g.pow(2).sum()) for g in torch.autograd.grad(loss, list(m.parameters()),
+                                                                                      retain_graph=True)))
+                    for m in (model.embed, model.lstm, model.norm, model.head)]
+    assert act == pytest.approx([float(o.detach().std()) for o in outputs], rel=1e-5)
+    assert grad == pytest.approx(by_hand_grad, rel=1e-5)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_layer_stats_on_a_plain_sequential():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3))
+    act, grad = layer_stats(model, ce, torch.randn(6, 4, 4), torch.randint(0, 3, (6,)))
+    assert len(act) == 2 and len(grad) == 3  # Linear, LayerNorm, then the head
+    assert all(v > 0 and math.isfinite(v) for v in [*act, *grad])
 
 
 def test_interpolation_endpoints_are_the_solutions_own_losses():
     torch.manual_seed(0)
     x, y = torch.randn(50, 6), torch.randint(0, 3, (50,))
     xt, yt = torch.randn(30, 6), torch.randint(0, 3, (30,))
-    a = create_model("mlp", input_shape=(6,), num_classes=3, width=8, depth=1, norm="batch")
-    b = create_model("mlp", input_shape=(6,), num_classes=3, width=8, depth=1, norm="batch")
+    a = MLP(input_shape=(6,), num_classes=3, width=8, depth=1, norm="batch")
+    b = MLP(input_shape=(6,), num_classes=3, width=8, depth=1, norm="batch")
     for m in (a, b):  # give the BatchNorm running statistics values of their own
         m.train()
         m(torch.randn(50, 6) * 3 + 1)
         m.eval()
-    probe = create_model("mlp", input_shape=(6,), num_classes=3, width=8, depth=1, norm="batch")
+    probe = MLP(input_shape=(6,), num_classes=3, width=8, depth=1, norm="batch")
     own = {k: v.clone() for k, v in probe.state_dict().items()}
     out = interpolate(probe, a.state_dict(), b.state_dict(), ce, {"train": (x, y), "test": (xt, yt)}, [0.0, 0.5, 1.0])
     with torch.no_grad():
