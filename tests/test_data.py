@@ -1,4 +1,4 @@
-"""Datasets: every name in the catalogue loads, splits are stratified, disjoint and deterministic,
+"""Datasets: every built-in loader loads, splits are stratified, disjoint and deterministic,
 normalisation uses train statistics only. File-based sets are read from small files in the real
 formats, written here; nothing touches the network."""
 
@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from dlx.data import DatasetError, DataSplits, create_dataset, dataset_options, list_datasets
+import dlx.data
+from dlx.data import BUILTIN, DatasetError, DataSplits, prepare, split_options
+from dlx.options import spec
 
 N_TRAIN, N_TEST = 60, 20
 
@@ -82,13 +84,28 @@ def sample_ids(x: torch.Tensor) -> np.ndarray:
     return flat[:, 0] + 256 * flat[:, 1]
 
 
+def create_dataset(name: str, **options) -> DataSplits:
+    """A built-in loader with its options, prepared with dlx's split options, as a run builds it."""
+    extras = {k: options.pop(k) for k in list(options) if k in spec(split_options)}
+    return prepare(getattr(dlx.data, name)(**options), **extras)
+
+
 @pytest.fixture(scope="module")
 def mnist1d_root(tmp_path_factory):
     return tmp_path_factory.mktemp("mnist1d_root")
 
 
-def test_catalogue_names():
-    assert list_datasets() == ["cifar10", "digits", "fashion_mnist", "mnist", "mnist1d", "moons", "spirals"]
+def test_builtin_loaders_and_their_yaml_agree():
+    """Each built-in loader is a conf/dataset option naming it, and the YAML restates none of its defaults."""
+    import yaml
+
+    from dlx.compose import config_dir
+
+    names = sorted(fn.__name__ for fn in BUILTIN)
+    assert names == ["cifar10", "digits", "fashion_mnist", "mnist", "mnist1d", "moons", "spirals"]
+    for name in [*names, "npz", "csv", "image_folder"]:
+        node = yaml.safe_load((config_dir() / "dataset" / f"{name}.yaml").read_text())
+        assert node == {"defaults": [f"schema_{name}"], "_target_": f"dlx.data.{name}"}, name
 
 
 @pytest.mark.parametrize(
@@ -209,22 +226,25 @@ def test_missing_files_message(tmp_path, name):
     assert ("cifar-10-python.tar.gz" if name == "cifar10" else "t10k-labels-idx1-ubyte.gz") in message
 
 
-def test_unknown_name_and_options():
-    with pytest.raises(DatasetError, match="unknown dataset 'imagenet'.*cifar10, digits, fashion_mnist"):
-        create_dataset("imagenet")
-    with pytest.raises(DatasetError, match="'radius' for dataset 'moons'; valid options: n_samples, noise"):
-        create_dataset("moons", radius=3)
-    with pytest.raises(DatasetError, match="'noise'.*digits.*takes no options"):
-        create_dataset("digits", noise=0.1)
-    with pytest.raises(DatasetError, match="valid options: mirror"):
-        create_dataset("mnist", n_samples=10)
-    with pytest.raises(DatasetError, match="'noise' must be a number >= 0"):
-        create_dataset("spirals", noise=-1.0)
-    with pytest.raises(DatasetError, match="val_fraction"):
+def test_options_are_checked_from_the_signatures():
+    with pytest.raises(TypeError, match="radius"):
+        dlx.data.moons(radius=3)
+    with pytest.raises(TypeError, match="noise"):
+        dlx.data.digits(noise=0.1)
+    with pytest.raises(DatasetError, match=r"dataset.noise=-1.0 is out of range: allowed >= 0"):
+        dlx.data.spirals(noise=-1.0)
+    with pytest.raises(DatasetError, match=r"dataset.n_samples=25 is too small for 3 classes: allowed >= 30"):
+        dlx.data.spirals(n_samples=25, n_classes=3)
+    with pytest.raises(DatasetError, match=r"dataset.val_fraction=1.0 is out of range: allowed in \[0, 1\)"):
         create_dataset("moons", val_fraction=1.0)
-    with pytest.raises(DatasetError, match="split_seed"):
+    with pytest.raises(DatasetError, match="dataset.split_seed=-1 is out of range"):
         create_dataset("moons", split_seed=-1)
-    assert dataset_options("spirals") == {"n_samples": 2000, "noise": 0.2, "n_classes": 2, "turns": 1.5}
+    with pytest.raises(DatasetError, match="dataset.train_subset=0 is out of range: allowed >= 1"):
+        create_dataset("moons", train_subset=0)
+    with pytest.raises(DatasetError, match="dataset.stream='sometimes' is not valid: allowed auto, on, off"):
+        create_dataset("moons", stream="sometimes")
+    options = {name: o.default for name, o in spec(dlx.data.spirals).items()}
+    assert options == {"n_samples": 2000, "noise": 0.2, "n_classes": 2, "turns": 1.5}
 
 
 def test_dataset_options_take_effect():

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from dlx.data import DatasetError, create_dataset, download
+import dlx.data
+from dlx.data import DatasetError, download, prepare, split_options
+from dlx.options import spec
+
+
+def create_dataset(name: str, **options):
+    extras = {k: options.pop(k) for k in list(options) if k in spec(split_options)}
+    return prepare(getattr(dlx.data, name)(**options), **extras)
 
 IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dlx.data.batches import Split, TensorSplit
+
 # The test split of datasets without an official one is drawn with this seed and nothing else, so no
 # experiment setting (split_seed, train_subset, val_fraction) can ever move a sample in or out of it.
 TEST_SPLIT_SEED = 20240101
@@ -21,30 +23,36 @@ class DatasetError(ValueError):
 
 @dataclass
 class DataSplits:
-    """Tensors of the three splits plus what a model needs to know about one sample.
+    """The three splits plus what a model needs to know about one sample.
 
-    x tensors are float32 and channel-first; y tensors hold int64 class labels. input_shape is the
+    train, val and test are batch sources (dlx.data.batches): a TensorSplit holds float32, channel-first x
+    and int64 y on the device; a StreamSplit reads its samples through a DataLoader. input_shape is the
     shape of a single sample, e.g. (1, 28, 28) for MNIST or (2,) for tabular data.
     """
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    train: Split
+    val: Split
+    test: Split
     input_shape: tuple[int, ...]
     num_classes: int
     name: str
 
+    # The whole tensors of the in-memory path, for code that indexes them directly; a streamed split has none.
+    x_train = property(lambda self: self.train.x)
+    y_train = property(lambda self: self.train.y)
+    x_val = property(lambda self: self.val.x)
+    y_val = property(lambda self: self.val.y)
+    x_test = property(lambda self: self.test.x)
+    y_test = property(lambda self: self.test.y)
+
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.train, TensorSplit)
+
     def to(self, device) -> DataSplits:
-        """A copy with every tensor on device (the original is left where it is)."""
-        moved = {
-            field.name: getattr(self, field.name).to(device)
-            for field in dataclasses.fields(self)
-            if isinstance(getattr(self, field.name), torch.Tensor)
-        }
-        return dataclasses.replace(self, **moved)
+        """A copy whose splits deliver their batches on device (the original is left where it is)."""
+        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
+                                   test=self.test.to(device))
 
 
 def stratified_split(labels: np.ndarray, *, n_take: int, seed: int | tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +103,44 @@ def normalise_(x_train: torch.Tensor, *others: torch.Tensor) -> None:
         x.sub_(mean).div_(std)
 
 
+def plan_splits(y_train: np.ndarray, *, carve_test: bool, carve_val: bool, val_fraction: float,
+                split_seed: int, train_subset: int | None, name: str) -> dict[str, np.ndarray | None]:
+    """Indices into the source's training part for each split: "test" (None unless carve_test), "val" (None
+    unless carve_val) and "train".
+
+    Without an official test split a fixed stratified 20% becomes the test split. Val is then carved from the
+    remaining train part with split_seed, and train_subset shrinks what is left, so the same split_seed gives
+    the same val set whatever train_subset is.
+    """
+    y_train = np.asarray(y_train, dtype=np.int64)
+    rest = np.arange(len(y_train))
+    test_idx = None
+    if carve_test:
+        n_test = int(round(TEST_FRACTION * len(y_train)))
+        test_idx, rest = stratified_split(y_train, n_take=n_test, seed=TEST_SPLIT_SEED)
+    val_idx = None
+    if carve_val:
+        # Two independent streams derived from split_seed: changing one step never shifts the other.
+        n_val = int(round(val_fraction * len(rest)))
+        taken, kept = stratified_split(y_train[rest], n_take=n_val, seed=(split_seed, 0))
+        val_idx, rest = rest[taken], rest[kept]
+    if train_subset is not None:
+        if train_subset > len(rest):
+            raise DatasetError(
+                f"train_subset={train_subset} is larger than the {len(rest)} training samples of '{name}' "
+                f"left after carving val_fraction={val_fraction}; use at most {len(rest)}"
+            )
+        keep, _ = stratified_split(y_train[rest], n_take=int(train_subset), seed=(split_seed, 1))
+        rest = rest[keep]
+    return {"test": test_idx, "val": val_idx, "train": rest}
+
+
+def check_labels(name: str, split: str, labels: np.ndarray, num_classes: int) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DatasetError(f"'{name}' {split} labels span {labels.min()}..{labels.max()}, "
+                           f"outside the {num_classes} classes 0..{num_classes - 1}")
+
+
 def build_splits(
     *,
     name: str,
@@ -102,71 +148,46 @@ def build_splits(
     y_train: np.ndarray,
     x_test: np.ndarray | None,
     y_test: np.ndarray | None,
-    input_shape: tuple[int, ...],
     num_classes: int,
     val_fraction: float,
     split_seed: int,
     train_subset: int | None,
     normalize: bool,
     scale: float = 1.0,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
 ) -> DataSplits:
-    """Turn raw arrays shaped (N, *input_shape) into DataSplits; x values are multiplied by scale.
+    """Turn raw arrays shaped (N, *sample shape) into in-memory DataSplits; x values are multiplied by scale.
 
     Loaders may hand over uint8 pixels: they are converted to float32 only after splitting, so the
     big image sets never exist as a full float copy plus per-split float copies at the same time.
-
-    Without an official test split (x_test is None) a fixed stratified 20% of the data becomes the
-    test split. Val is then carved from the remaining train part with split_seed, and train_subset
-    shrinks what is left, so the same split_seed gives the same val set whatever train_subset is.
+    A split that is None is carved from the training part (see plan_splits).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction}")
     y_train = np.asarray(y_train, dtype=np.int64)
-    for split, labels in (("train", y_train), ("test", y_test)):
-        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-            raise DatasetError(f"'{name}' {split} labels span {labels.min()}..{labels.max()}, "
-                               f"outside the {num_classes} classes 0..{num_classes - 1}")
-    if x_test is None:
-        n_test = int(round(TEST_FRACTION * len(y_train)))
-        test_idx, train_idx = stratified_split(y_train, n_take=n_test, seed=TEST_SPLIT_SEED)
-        x_test, y_test = x_train[test_idx], y_train[test_idx]
-        x_train, y_train = x_train[train_idx], y_train[train_idx]
-    y_test = np.asarray(y_test, dtype=np.int64)
+    given = {"train": y_train, "test": y_test, "val": y_val}
+    for split, labels in given.items():
+        if labels is not None:
+            check_labels(name, split, np.asarray(labels, dtype=np.int64), num_classes)
+    plan = plan_splits(y_train, carve_test=x_test is None, carve_val=x_val is None, val_fraction=val_fraction,
+                       split_seed=split_seed, train_subset=train_subset, name=name)
+    parts = {}
+    for split, x, y in (("test", x_test, y_test), ("val", x_val, y_val)):
+        idx = plan[split]
+        parts[split] = (x_train[idx], y_train[idx]) if idx is not None else (x, np.asarray(y, dtype=np.int64))
+    parts["train"] = (x_train[plan["train"]], y_train[plan["train"]])
 
-    # Two independent streams derived from split_seed: changing one step never shifts the other.
-    n_val = int(round(val_fraction * len(y_train)))
-    val_idx, fit_idx = stratified_split(y_train, n_take=n_val, seed=(split_seed, 0))
-    x_val, y_val = x_train[val_idx], y_train[val_idx]
-    x_fit, y_fit = x_train[fit_idx], y_train[fit_idx]
-
-    if train_subset is not None:
-        if isinstance(train_subset, bool) or not isinstance(train_subset, (int, np.integer)) or train_subset < 1:
-            raise DatasetError(f"train_subset must be a positive integer or null, got {train_subset!r}")
-        if train_subset > len(y_fit):
-            raise DatasetError(
-                f"train_subset={train_subset} is larger than the {len(y_fit)} training samples of '{name}' "
-                f"left after carving val_fraction={val_fraction}; use at most {len(y_fit)}"
-            )
-        keep_idx, _ = stratified_split(y_fit, n_take=int(train_subset), seed=(split_seed, 1))
-        x_fit, y_fit = x_fit[keep_idx], y_fit[keep_idx]
-
-    x_fit_t, x_val_t, x_test_t = (_to_float(a, scale) for a in (x_fit, x_val, x_test))
+    xs = {split: _to_float(x, scale) for split, (x, _) in parts.items()}
     if normalize:
-        normalise_(x_fit_t, x_val_t, x_test_t)
+        normalise_(xs["train"], xs["val"], xs["test"])
     return DataSplits(
-        x_train=x_fit_t,
-        y_train=torch.from_numpy(y_fit.copy()),
-        x_val=x_val_t,
-        y_val=torch.from_numpy(y_val.copy()),
-        x_test=x_test_t,
-        y_test=torch.from_numpy(y_test.copy()),
-        input_shape=tuple(int(d) for d in input_shape),
+        **{split: TensorSplit(xs[split], torch.from_numpy(np.array(y, dtype=np.int64))) for split, (_, y) in parts.items()},
+        input_shape=tuple(int(d) for d in x_train.shape[1:]),
         num_classes=int(num_classes),
         name=name,
     )
 
 
-def _to_float(array: np.ndarray, scale: float) -> torch.Tensor:
+def _to_float(array, scale: float) -> torch.Tensor:
     """A fresh float32 tensor (never a view of a loader's array, because normalise_ works in place)."""
     tensor = torch.tensor(np.asarray(array), dtype=torch.float32)
     if scale != 1.0:
