@@ -1,7 +1,8 @@
 """The training loop: fit, train_epoch and evaluate. Knows nothing of Hydra or MLflow.
 
-Everything the loop touches per step lives on the training device; the only reads back to the host
-are the finiteness check (on CPU every step, where it costs nothing; on CUDA once per log window, since
+Batches come from the data's splits (dlx.data.batches): index views of tensors held on the device, or
+batches a DataLoader streams there. Everything the loop touches per step lives on the device; the only
+reads back to the host are the finiteness check (on CPU every step, where it costs nothing; on CUDA once per log window, since
 `.item()` is a device sync) and the metric reads every `log_every_n_steps` and at the end of an epoch,
 where the divergence guard also looks.
 """
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlx.data.batches import TensorSplit, eval_bounds
 from dlx.losses import LossFn
 from dlx.optim import decayed_params
 
@@ -179,10 +181,10 @@ class Trainer:
         self.early_stopping = early_stopping
         self.forward = forward if forward is not None else model  # the torch.compile'd module
         self.callbacks = list(callbacks)
-        self.device = data.x_train.device
+        self.device = data.train.device
         self.scaler = torch.amp.GradScaler(self.device.type) if options.amp == "fp16" else None
         self.decayed = decayed_params(optimizer) if (options.l1 or options.l2) else []
-        self.batches = train_batches(len(data.x_train), options.batch_size, smallest_train_batch(model))
+        self.batches = train_batches(len(data.train), options.batch_size, smallest_train_batch(model))
         self.steps_per_epoch = len(self.batches)
         last = self.batches[-1][1] - self.batches[-1][0]
         if last > options.batch_size:
@@ -222,8 +224,8 @@ class Trainer:
             t0 = time.perf_counter()
             with gc_paused():
                 metrics = self.train_epoch(state)
-                if len(self.data.x_val):
-                    metrics.update(_prefix("val", self.evaluate(self.data.x_val, self.data.y_val)))
+                if len(self.data.val):
+                    metrics.update(_prefix("val", self.evaluate(self.data.val)))
             state.epoch += 1
             if self.schedule.monitor is not None:
                 self.schedule.step_epoch(state.epoch, metrics.get(self.schedule.monitor))
@@ -231,7 +233,7 @@ class Trainer:
                 torch.cuda.synchronize()  # once per epoch, so the epoch time is real
             seconds = time.perf_counter() - t0
             metrics.update({"epoch": state.epoch, "epoch_time": seconds,
-                            "samples_per_sec": len(self.data.x_train) / seconds})
+                            "samples_per_sec": len(self.data.train) / seconds})
             if self.early_stopping is not None:
                 state.stopped_early = self.early_stopping.update(state.epoch, metrics, self.model)
             state.history.append(metrics)
@@ -250,8 +252,7 @@ class Trainer:
     def train_epoch(self, state: TrainState) -> dict[str, float]:
         opt, data, model = self.opt, self.data, self.forward
         self.model.train()
-        n = len(data.x_train)
-        perm = torch.randperm(n, device=self.device)
+        perm = data.train.permutation()  # torch's global generator, as every RNG state is in a checkpoint
         # On CPU the step's loss is read as a Python number (that read is the finiteness check) and the
         # sums stay Python floats: cheaper than a handful of tiny tensor ops per step. On an accelerator
         # the sums stay on the device and are read once per log window.
@@ -262,9 +263,7 @@ class Trainer:
         window = []  # (logits, y, y_b, lam) of the steps since the last log: accuracy is counted per window
         bad = zero()
         amp = amp_context(self.device, opt.amp)
-        for start, stop in self.batches:
-            idx = perm[start:stop]
-            x, y = data.x_train[idx], data.y_train[idx]
+        for x, y in data.train.batches(self.batches, perm):
             y_b, lam = y, 1.0
             if self.augment is not None:
                 x, y, y_b, lam = self.augment(x, y)
@@ -349,20 +348,20 @@ class Trainer:
             optimizer.step()
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Mean loss (without label smoothing) and accuracy over (x, y), in eval mode."""
+    def evaluate(self, split, y: torch.Tensor | None = None) -> dict[str, float]:
+        """Mean loss (without label smoothing) and accuracy over a split (or tensors x, y), in eval mode."""
+        split = TensorSplit(split, y) if y is not None else split
         was_training = self.model.training
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         with amp_context(self.device, self.opt.amp):
-            for start in range(0, len(x), self.opt.eval_batch_size):
-                xb, yb = x[start:start + self.opt.eval_batch_size], y[start:start + self.opt.eval_batch_size]
+            for xb, yb in split.batches(eval_bounds(len(split), self.opt.eval_batch_size)):
                 logits = self.forward(xb)
                 loss_sum += self.eval_loss_fn(logits, yb).float() * len(yb)
                 correct += (logits.argmax(-1) == yb).sum()
         self.model.train(was_training)
-        n = max(1, len(x))
+        n = max(1, len(split))
         return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
 
 
