@@ -12,10 +12,12 @@ import logging
 import time
 from pathlib import Path
 
+from dlx.engine import Callback
+
 log = logging.getLogger("dlx")
 
 
-class DiagnosticsCallback:
+class DiagnosticsCallback(Callback):
     def __init__(self, cfg: dict, tracker, run_dir: Path, seed: int = 0):
         self.cfg, self.tracker, self.run_dir, self.seed = cfg, tracker, Path(run_dir), seed
         self.reached: int | None = None
@@ -80,8 +82,8 @@ class DiagnosticsCallback:
         """The end-of-run diagnostics on the model as it is now; returns the metrics (the caller logs them)."""
         out: dict[str, float] = {}
         data = trainer.data
-        if self.cfg["gap"] and len(data.x_train):
-            train = trainer.evaluate(data.x_train, data.y_train)
+        if self.cfg["gap"] and len(data.train):
+            train = trainer.evaluate(data.train)  # held or streamed alike
             out.update({"final/train_loss": train["loss"], "final/train_acc": train["acc"],
                         "gap/acc": train["acc"] - test["acc"], "gap/loss": test["loss"] - train["loss"]})
         s = self.cfg["sharpness"]
