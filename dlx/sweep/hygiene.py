@@ -23,16 +23,6 @@ from dlx.errors import Pruned, RunError, Terminated
 INTERRUPTS = {130: KeyboardInterrupt, 143: Terminated}
 
 
-@contextmanager
-def terminate_as_interrupt():
-    """SIGTERM raises dlx.run.Terminated (a KeyboardInterrupt) while trials launch, so a terminated
-    sweep stops its workers and closes its runs the way Ctrl-C does."""
-    from dlx.run import sigterm_as_interrupt
-
-    with sigterm_as_interrupt():
-        yield
-
-
 def interrupt_from(ret: JobReturn) -> BaseException | None:
     """The interrupt to re-raise when an in-process trial ended because of Ctrl-C or SIGTERM:
     dlx.run closes the run KILLED and raises RunError(130 or 143), which Hydra's run_job records as an

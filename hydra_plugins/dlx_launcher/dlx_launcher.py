@@ -67,20 +67,25 @@ class DlxLocalLauncher(Launcher):
             self.pool.start()
         return self.pool
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def _prepare(self) -> None:
+        """What Hydra's launchers do before the first job: its resolvers, its own logging, the sweep dir."""
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        from dlx.sweep.hygiene import interrupt_from, terminate_as_interrupt
-
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from dlx.run import sigterm_as_interrupt
+        from dlx.sweep.hygiene import interrupt_from
+
+        self._prepare()
         mode = "in this process" if self.n_jobs == 1 else f"on {self.n_jobs} worker processes"
         log.info("Launching %d trials %s", len(job_overrides), mode)
         jobs = []
         for offset, overrides in enumerate(job_overrides):
             jobs.append((initial_job_idx + offset, list(overrides)))
             log.info("\t#%d : %s", initial_job_idx + offset, " ".join(filter_overrides(overrides)))
-        with terminate_as_interrupt():
+        with sigterm_as_interrupt():  # a terminated sweep stops its workers and closes its runs as Ctrl-C does
             if self.n_jobs == 1:
                 return self._launch_here(jobs, interrupt_from)
             return self._launch_pool(jobs)
@@ -91,12 +96,9 @@ class DlxLocalLauncher(Launcher):
         workers free up, and pass each JobReturn to `on_done` as it arrives (dlx.sweep.pool.stream). A
         sweeper that can ask for trials one by one uses this instead of `launch`, so that no worker
         idles while the others finish their part of a batch."""
-        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        from dlx.sweep.hygiene import terminate_as_interrupt
+        from dlx.run import sigterm_as_interrupt
 
-        setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        self._prepare()
         log.info("Launching trials on %d worker processes as they free up", self.n_jobs)
 
         def logged():
@@ -105,7 +107,7 @@ class DlxLocalLauncher(Launcher):
                 log.info("\t#%d : %s", job[0], " ".join(filter_overrides(job[1])))
             return job
 
-        with terminate_as_interrupt():
+        with sigterm_as_interrupt():
             pool = self._pool()
             try:
                 pool.stream(logged, on_done)
