@@ -202,7 +202,7 @@ def test_the_sweep_parent_run_logs_no_secret(tmp_path):
                                  "experiment": "dlx"})
     command = "dlx sweep seed=0,1 +tracking.tags.api_token=tok-7c1d90 tracking.uri=http://ann:pw-3e5f@h:5000"
     parent = ParentRun.open(tracking, run_id=None, name="sweep", tags={"dlx.command": command},
-                            params={"sweep.db_password": "pw-in-param", "sweep.seed": 0})
+                            params={"sweep.db_password": "pw-in-param", "sweep.seed": 0}, spool_dir=tmp_path)
     parent.set_tags({"dlx.best.overrides": "seed=1 +tracking.tags.api_token=tok-7c1d90"})
     run = parent.client.get_run(parent.run_id)
     logged = [*run.data.tags.values(), *run.data.params.values()]

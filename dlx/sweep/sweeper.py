@@ -107,7 +107,7 @@ class Sweep:
         OmegaConf.save(self.cfg, self.sweep_dir / "multirun.yaml")
         self.parent = ParentRun.open(self.cfg.tracking, run_id=self.study.user_attrs.get("dlx.parent_run_id"),
                                      name=self.study.study_name, tags=self._parent_tags(),
-                                     params=self._parent_params())
+                                     params=self._parent_params(), spool_dir=self.sweep_dir)
         if self.parent is not None:
             self.study.set_user_attr("dlx.parent_run_id", self.parent.run_id)
         self._settle_stale()

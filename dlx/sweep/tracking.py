@@ -10,14 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from dlx.redact import redact
-from dlx.tracking import MAX_PARAMS_PER_BATCH, param_value, tag_value
+from dlx.tracking import tag_value
 
 TRIAL_TAG = "trial"
 
@@ -70,38 +68,35 @@ def check_parent(tracking: DictConfig, run_id: Any, study: str) -> None:
 
 
 class ParentRun:
-    """The sweep's parent run: created (or reopened on resume) before any trial starts."""
+    """The sweep's parent run: created (or reopened on resume) before any trial starts. It is a run like
+    any other (dlx.tracking.Tracker: secrets masked, MLflow's limits kept, a spool when the store fails);
+    what it adds is finding its trials and closing the runs they left open."""
 
-    def __init__(self, client, experiment_id: str, run_id: str):
-        self.client, self.experiment_id, self.run_id = client, experiment_id, run_id
+    def __init__(self, tracker):
+        self.tracker, self.client, self.experiment_id = tracker, tracker.client, tracker.experiment_id
+        self.run_id: str = tracker.run_id
 
     @classmethod
     def open(cls, tracking: DictConfig, *, run_id: str | None, name: str, tags: dict[str, str],
-             params: dict[str, Any]) -> ParentRun | None:
+             params: dict[str, Any], spool_dir: Path | None = None) -> ParentRun | None:
         if not tracking.enabled:
             return None
-        from mlflow.entities import Param
+        from dlx.tracking import Tracker
 
-        from dlx.tracking import open_store
-
-        uri, artifacts = store_of(tracking)
-        client, experiment_id = open_store(uri, tracking.experiment, artifacts)
+        tracker = Tracker(uri=tracking.uri, experiment=tracking.experiment,
+                          artifact_location=tracking.artifact_location, spool_dir=spool_dir)
         if run_id:  # resume: the same parent, running again
-            client.update_run(run_id, status="RUNNING")
-            resumes = int(client.get_run(run_id).data.tags.get("dlx.sweep.resumed", "0")) + 1
-            client.set_tag(run_id, "dlx.sweep.resumed", str(resumes))
-            return cls(client, experiment_id, run_id)
-        tags = {k: tag_value(v) for k, v in redact(tags).items()}
-        run = client.create_run(experiment_id, run_name=name, tags=tags)
-        items = [Param(k, param_value(v)) for k, v in redact(params).items()]
-        for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            client.log_batch(run.info.run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
-        return cls(client, experiment_id, run.info.run_id)
+            tracker.resume(run_id)
+            resumes = int(tracker.client.get_run(run_id).data.tags.get("dlx.sweep.resumed", "0")) + 1
+            tracker.set_tags({"dlx.sweep.resumed": resumes})
+            return cls(tracker)
+        tracker.start(run_name=name, tags={})
+        tracker.set_tags(tags)  # after the start: set_tags keeps a long command line within MLflow's limit
+        tracker.log_params(params)
+        return cls(tracker)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, tag_value(v)) for k, v in redact(tags).items()])
+        self.tracker.set_tags(tags)
 
     def children(self) -> dict[int, Any]:
         """Trial number -> its run (the latest, should a number appear twice)."""
@@ -135,25 +130,22 @@ class ParentRun:
 
     def finish(self, *, rows: list[dict], columns: list[str], counts: dict[str, int], best: dict | None,
                objective: str, status: str, sweep_dir: Path) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(f"sweep/{k}", float(v), now, 0) for k, v in counts.items()]
+        metrics = {f"sweep/{k}": float(v) for k, v in counts.items()}
         if best is not None:
-            metrics.append(Metric(f"best/{objective}", float(best["value"]), now, 0))
+            metrics[f"best/{objective}"] = float(best["value"])
             for key in ("test/acc", "test/loss"):
                 if isinstance(best.get(key), float) and math.isfinite(best[key]):
-                    metrics.append(Metric(f"best/{key}", best[key], now, 0))
+                    metrics[f"best/{key}"] = best[key]
             self.set_tags({"dlx.best.trial": best["trial"], "dlx.best.run_id": best.get("run_id") or "",
                            "dlx.best.overrides": " ".join(best["overrides"]),
                            **{f"dlx.best.{k}": v for k, v in best["params"].items()}})
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self.tracker.log_metrics(metrics, step=0)
         for path in write_summary(rows, columns, sweep_dir):
-            self.client.log_artifact(self.run_id, str(path), "sweep")
+            self.tracker.log_artifact(path, "sweep")
         multirun = sweep_dir / "multirun.yaml"
         if multirun.is_file():
-            self.client.log_artifact(self.run_id, str(multirun), "sweep")
-        self.client.set_terminated(self.run_id, status=status)
+            self.tracker.log_artifact(multirun, "sweep")
+        self.tracker.end(status)
 
 
 def write_summary(rows: list[dict], columns: list[str], sweep_dir: Path) -> list[Path]:
