@@ -96,7 +96,8 @@ def mnist1d_root(tmp_path_factory):
 
 
 def test_builtin_loaders_and_their_yaml_agree():
-    """Each built-in loader is a conf/dataset option naming it, and the YAML restates none of its defaults."""
+    """Each built-in loader is a conf/dataset option naming it, and the YAML restates none of its defaults: a
+    value it holds is an option of the loader (or a split option) that differs from the signature's default."""
     import yaml
 
     from dlx.compose import config_dir
@@ -105,7 +106,10 @@ def test_builtin_loaders_and_their_yaml_agree():
     assert names == ["cifar10", "digits", "fashion_mnist", "mnist", "mnist1d", "moons", "spirals"]
     for name in [*names, "npz", "csv", "image_folder"]:
         node = yaml.safe_load((config_dir() / "dataset" / f"{name}.yaml").read_text())
-        assert node == {"defaults": [f"schema_{name}"], "_target_": f"dlx.data.{name}"}, name
+        assert node.pop("defaults") == [f"schema_{name}"] and node.pop("_target_") == f"dlx.data.{name}", name
+        options = {**spec(split_options), **spec(getattr(dlx.data, name))}
+        for key, value in node.items():
+            assert key in options and value != options[key].default, f"{name}.yaml: {key}: {value}"
 
 
 @pytest.mark.parametrize(

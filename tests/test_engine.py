@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,6 +80,9 @@ class ConstantLR:
     def state_dict(self):
         return {}
 
+    def load_state_dict(self, state):
+        pass
+
 
 def fit_digits(stream: str) -> tuple[list[dict], dict, nn.Module]:
     from dlx.data import digits, prepare
@@ -104,3 +109,32 @@ def test_a_streamed_run_trains_as_the_in_memory_one():
     assert streamed_test == {k: pytest.approx(v, abs=1e-4) for k, v in held_test.items()}
     for p, q in zip(held_model.parameters(), streamed_model.parameters()):
         assert torch.allclose(p, q, atol=1e-4)
+
+
+def test_a_streamed_run_resumed_after_an_epoch_ends_as_an_uninterrupted_one():
+    """The epoch order comes from torch's global generator, whose state a checkpoint keeps: restoring it and the
+    trainer's state after epoch 1 gives epoch 2 the batches the uninterrupted run had."""
+    from dlx.data import digits, prepare
+    from dlx.engine import FitOptions, Trainer
+
+    data = prepare(digits(), stream="on", workers=0)
+
+    def trainer(epochs):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        return Trainer(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), schedule=ConstantLR(),
+                       loss_fn=F.cross_entropy, eval_loss_fn=F.cross_entropy, data=data,
+                       options=FitOptions(epochs=epochs, batch_size=128))
+
+    whole = trainer(2)
+    whole.fit()
+    first = trainer(1)
+    state = first.fit()
+    saved, rng = copy.deepcopy(first.state_dict()), torch.get_rng_state()
+    torch.manual_seed(123)  # whatever ran between the kill and the resume
+    resumed = trainer(2)
+    resumed.load_state_dict(saved)
+    torch.set_rng_state(rng)
+    resumed.fit(state)
+    for p, q in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
