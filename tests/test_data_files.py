@@ -202,3 +202,22 @@ def test_a_source_dataclass_with_every_split():
         prepare(Source(train=(x, y), num_classes=1))
     with pytest.raises(DatasetError, match=r"'dataset' test: x \(3, 2\) and y \(2,\) do not fit"):
         prepare(Source(train=(x, y), test=(x[:3], y[:2]), num_classes=2))
+
+
+def test_a_table_trains_from_the_command_line_and_a_bad_one_is_one_line(workdir):
+    from conftest import QUICK, all_runs, run_dlx
+
+    rng = np.random.default_rng(2)
+    rows = [f"{a:.3f},{b:.3f},{'big' if a + b > 0 else 'small'}" for a, b in rng.normal(size=(120, 2))]
+    (workdir / "t.csv").write_text("a,b,kind\n" + "\n".join(rows) + "\n")
+    done = run_dlx(["train", "dataset=csv", "dataset.path=t.csv", "dataset.label=kind", *QUICK], workdir)
+    assert done.returncode == 0, done.stderr
+    [run] = all_runs(workdir)
+    assert run.info.status == "FINISHED" and run.data.params["dataset.path"] == "t.csv"
+    assert run.data.params["dataset.label"] == "kind" and run.data.params["data.n_test"] == "24"
+    bad = run_dlx(["train", "dataset=csv", "dataset.path=t.csv", "dataset.label=size", *QUICK], workdir)
+    assert bad.returncode == 2
+    line = bad.stderr.strip()
+    assert line.startswith("dlx: error: ") and "\n" not in line, bad.stderr
+    assert line.endswith("dataset.path=t.csv: has no label column 'size' (dataset.label); its columns: a, b, kind")
+    assert len(all_runs(workdir)) == 1, "no MLflow run for a file that cannot be used"
