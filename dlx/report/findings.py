@@ -10,24 +10,21 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dlx.report.stats import ALPHA, Summary, format_number, format_p, mean_ci, register_finding, welch_p
+from dlx.report.stats import (
+    ALPHA,
+    ByStudy,
+    Summary,
+    format_number,
+    format_p,
+    mean_ci,
+    register_finding,
+    welch_p,
+)
 
 PlotsFn = Callable[..., tuple[list[Path], list[str]]]
-_PLOTS: dict[str, PlotsFn] = {}
-
-
-def register_study_plots(study: str) -> Callable[[PlotsFn], PlotsFn]:
-    """`fn(client, report, out) -> (png paths, notes)`: figures (and lines of text) a study adds to its report."""
-
-    def deco(fn: PlotsFn) -> PlotsFn:
-        _PLOTS[study] = fn
-        return fn
-
-    return deco
-
-
-def get_study_plots(study: str | None) -> PlotsFn | None:
-    return _PLOTS.get(study or "")
+# figures (and lines of text) a study adds to its report: `fn(client, report, out) -> (png paths, notes)`
+STUDY_PLOTS: ByStudy[PlotsFn] = ByStudy()
+register_study_plots, get_study_plots = STUDY_PLOTS.register, STUDY_PLOTS.get
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -7,6 +7,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 CONFIDENCE = 0.95
 ALPHA = 0.05  # a study's difference is called significant when Welch's p < ALPHA
@@ -136,20 +137,28 @@ def finding(rows: Sequence, metric: str, direction: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- study hooks
+Fn = TypeVar("Fn", bound=Callable)
+
+
+class ByStudy(Generic[Fn]):
+    """Functions a ready-made study adds to its report, by study name (the parent run's `dlx.study` tag):
+    `@hooks.register("dropout")` on the function, `hooks.get(name)` for it or the fallback."""
+
+    def __init__(self, fallback: Fn | None = None):
+        self.fallback, self._by_name = fallback, {}
+
+    def register(self, study: str) -> Callable[[Fn], Fn]:
+        def deco(fn: Fn) -> Fn:
+            self._by_name[study] = fn
+            return fn
+
+        return deco
+
+    def get(self, study: str | None) -> Fn | None:
+        return self._by_name.get(study or "", self.fallback)
+
+
 FindingFn = Callable[[Sequence, str, str], str]
-_FINDINGS: dict[str, FindingFn] = {}
-
-
-def register_finding(study: str) -> Callable[[FindingFn], FindingFn]:
-    """Give a study (its `dlx.study` tag) its own effect check: `fn(rows, metric, direction) -> str`."""
-
-    def deco(fn: FindingFn) -> FindingFn:
-        _FINDINGS[study] = fn
-        return fn
-
-    return deco
-
-
-def get_finding(study: str | None) -> FindingFn:
-    """The study's registered effect check, else the best-vs-worst `finding`."""
-    return _FINDINGS.get(study or "", finding)
+# a study's own effect check, `fn(rows, metric, direction) -> str`; other sweeps get the best-vs-worst `finding`
+FINDINGS: ByStudy[FindingFn] = ByStudy(fallback=finding)
+register_finding, get_finding = FINDINGS.register, FINDINGS.get
