@@ -321,11 +321,11 @@ def batch_size_plots(client, report, out: Path) -> tuple[list[Path], list[str]]:
     seed (the two runs of one seed share data and initialisation), mean and 95% CI over seeds."""
     import torch
 
-    from dlx.build import build_data, build_model
+    from dlx.build import build_data, build_loss, build_model
     from dlx.checkpoint import load_checkpoint
+    from dlx.components import untrusted
     from dlx.diagnostics.interpolate import interpolate
     from dlx.diagnostics.plots import plot_interpolation
-    from dlx.losses import create_loss
 
     rows = [r for r in report.rows if number(r.config.get("trainer.batch_size")) is not None and r.ok_runs]
     if len(rows) < 2:
@@ -345,9 +345,12 @@ def batch_size_plots(client, report, out: Path) -> tuple[list[Path], list[str]]:
             continue
         ca, cb = (load_checkpoint(p) for p in paths)
         cfg = ca["config"]
+        if untrusted(cfg, {}):  # a report never imports code a stored configuration names
+            return [], [f"loss along the line between solutions: skipped, the runs use code dlx does not ship "
+                        f"({', '.join(untrusted(cfg, {}))})"]
         data = build_data(cfg, torch.device("cpu"))
         model = build_model(cfg, data)
-        line = interpolate(model, ca["trainer"]["model"], cb["trainer"]["model"], create_loss(cfg["trainer"]["loss"]),
+        line = interpolate(model, ca["trainer"]["model"], cb["trainer"]["model"], build_loss(cfg)[1],
                            {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}, ALPHAS)
         for split in curves:
             for m in ("loss", "acc"):
