@@ -202,6 +202,9 @@ def test_a_source_dataclass_with_every_split():
         prepare(Source(train=(x, y), num_classes=1))
     with pytest.raises(DatasetError, match=r"'dataset' test: x \(3, 2\) and y \(2,\) do not fit"):
         prepare(Source(train=(x, y), test=(x[:3], y[:2]), num_classes=2))
+    for stream in ("off", "on"):
+        with pytest.raises(DatasetError, match=r"'dataset' val labels span 0..7, outside the 2 classes"):
+            prepare(Source(train=(x, y), val=(x[:8], np.arange(8)), num_classes=2), stream=stream, workers=0)
 
 
 def test_a_table_trains_from_the_command_line_and_a_bad_one_is_one_line(workdir):

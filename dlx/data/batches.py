@@ -80,6 +80,7 @@ class ArrayDataset(Dataset):
 
     def __init__(self, x, y):
         self.x, self.y = x, y
+        self.targets = y  # the labels, known without reading a sample
 
     def __len__(self) -> int:
         return len(self.y)

@@ -152,7 +152,10 @@ def _streamed(name, parts, num_classes, scale, opts, device) -> DataSplits:
                 _check_picklable(part)
     pool = Pool(joined, workers=opts["workers"], pin_memory=device.type == "cuda")
     y_train = _labels(datasets["train"], pool, start["train"])
-    check_labels(name, "train", y_train, num_classes)
+    for split, part in datasets.items():  # the given val and test too, where their labels are known
+        labels = y_train if split == "train" else _known_labels(part)
+        if labels is not None:
+            check_labels(name, split, labels, num_classes)
     plan = plan_splits(y_train, carve_test="test" not in datasets, carve_val="val" not in datasets,
                        val_fraction=opts["val_fraction"], split_seed=opts["split_seed"],
                        train_subset=opts["train_subset"], name=name)
@@ -255,11 +258,18 @@ def _check_picklable(dataset: Dataset) -> None:
                            f"({error}); define its class at module level, or set dataset.workers=0") from None
 
 
-def _labels(dataset: Dataset, pool: Pool, offset: int) -> np.ndarray:
+def _known_labels(dataset: Dataset) -> np.ndarray | None:
     for attr in ("targets", "labels"):
         labels = getattr(dataset, attr, None)
         if labels is not None and len(labels) == len(dataset):
             return np.asarray(labels, dtype=np.int64)
+    return None
+
+
+def _labels(dataset: Dataset, pool: Pool, offset: int) -> np.ndarray:
+    known = _known_labels(dataset)
+    if known is not None:
+        return known
     lists = [list(range(offset + a, offset + b)) for a, b in eval_bounds(len(dataset), 256)]
     return torch.cat([y for _, y in pool.load(lists)]).numpy().astype(np.int64)
 
