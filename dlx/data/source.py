@@ -69,7 +69,8 @@ def split_options(*, val_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1,
     normalize: standardise per channel (per feature for tabular data) with training-split statistics.
     stream: read batches through DataLoader workers (on), hold every split on the device (off), or decide
       by size (auto: stream when the float32 samples would take more than half the device's free memory).
-    workers: DataLoader worker processes when streaming (0 reads in the training process).
+    workers: DataLoader worker processes when streaming a Dataset (0 reads in the training process; arrays
+      are always indexed there).
     """
     values = dict(locals())
     found = problems(_SPLIT_SPEC(), values, "dataset")
@@ -146,11 +147,13 @@ def _streamed(name, parts, num_classes, scale, opts, device) -> DataSplits:
     order = list(datasets)
     joined = Joined([datasets[s] for s in order])
     start = dict(zip(order, joined.offsets[:-1].tolist()))
-    if opts["workers"]:
-        for part in datasets.values():
-            if not isinstance(part, ArrayDataset):
-                _check_picklable(part)
-    pool = Pool(joined, workers=opts["workers"], pin_memory=device.type == "cuda")
+    # arrays are indexed faster here than pickled to workers and back: workers serve sources that decode
+    decoded = [part for part in datasets.values() if not isinstance(part, ArrayDataset)]
+    workers = opts["workers"] if decoded else 0
+    if workers:
+        for part in decoded:
+            _check_picklable(part)
+    pool = Pool(joined, workers=workers, pin_memory=device.type == "cuda")
     y_train = _labels(datasets["train"], pool, start["train"])
     for split, part in datasets.items():  # the given val and test too, where their labels are known
         labels = y_train if split == "train" else _known_labels(part)
