@@ -1,97 +1,117 @@
-"""Optimizers by name, with the knobs each one accepts.
+"""Optimizers: any torch.optim.Optimizer subclass, built over dlx's decay / no-decay parameter groups.
 
-Each optimizer is registered with the keyword arguments it takes (and their defaults), so the factory rejects a
-knob the optimizer does not have with a readable error instead of passing it through to torch.
+An option under conf/optimizer/ names its class (`_target_: torch.optim.SGD`) and holds only the values where dlx's
+choice differs from the class's signature, which is the one home of every default. The ranges torch checks inside
+its constructors (after the data has loaded, without naming a key) are written once here, by parameter name
+(`RANGES`), and attached to the options of each class that takes them from torch (`optimizer_spec`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["OptimInfo", "create_optimizer", "decayed_params", "fastest_implementation", "get_optimizer_info",
-           "list_optimizers"]
+from dlx.options import Items, Option, Range, problems, spec
 
-# Accepted by every optimizer; listed after the optimizer's own knobs in error messages.
-_COMMON = ("lr", "weight_decay", "decay_norm_and_bias")
+__all__ = ["NOT_OPTIONS", "RANGES", "create_optimizer", "decayed_params", "fastest_implementation",
+           "option_problems", "optimizer_class", "optimizer_spec", "param_group_options"]
+
+# Arguments of an optimizer's constructor that are not options: dlx passes the parameters itself, and picks
+# torch's implementation switches (`fastest_implementation`); capturable and differentiable serve CUDA graphs and
+# higher-order optimisation, which dlx does not do.
+NOT_OPTIONS = ("params", "foreach", "fused", "capturable", "differentiable")
+
+_UNIT = Range(ge=0, lt=1)
+RANGES: dict[str, Range | Items] = {
+    "lr": Range(gt=0),
+    "weight_decay": Range(ge=0),
+    "momentum": _UNIT,
+    "dampening": _UNIT,
+    "betas": Items(each=_UNIT, length=2),
+    "eps": Range(gt=0),
+    "rho": _UNIT,
+    "alpha": _UNIT,
+    "lr_decay": Range(ge=0),
+    "initial_accumulator_value": Range(ge=0),
+}
 
 
-@dataclass(frozen=True)
-class OptimInfo:
-    """What the factory needs to know about one optimizer.
+def param_group_options(*, decay_norm_and_bias: bool = False) -> dict[str, Any]:
+    """dlx's own keys of the optimizer group, beside the class's options; this signature is their home.
 
-    `defaults` are the knobs a user may set and the values used when they don't; `fixed` are keyword arguments
-    always passed and never user-settable (they are what distinguishes e.g. "nesterov" from "momentum").
+    decay_norm_and_bias: put biases and norm weights in the decayed group too (by default they never decay).
     """
-
-    name: str
-    cls: type[torch.optim.Optimizer]
-    defaults: dict[str, Any] = field(default_factory=dict)
-    fixed: dict[str, Any] = field(default_factory=dict)
-    has_momentum: bool = False
-    has_betas: bool = False
-
-    @property
-    def valid_kwargs(self) -> list[str]:
-        """Every keyword `create_optimizer` accepts for this optimizer, in the order error messages list them."""
-        return [*self.defaults, *_COMMON]
+    return {"decay_norm_and_bias": bool(decay_norm_and_bias)}
 
 
-def _info(name: str, cls: type[torch.optim.Optimizer], defaults: dict | None = None, fixed: dict | None = None,
-          has_momentum: bool = False, has_betas: bool = False) -> tuple[str, OptimInfo]:
-    return name, OptimInfo(name, cls, dict(defaults or {}), dict(fixed or {}), has_momentum, has_betas)
+def _torch_names(cls: type) -> set[str]:
+    """The parameter names cls takes from a torch optimizer it derives from: only there does a name mean what
+    torch means by it (SAM's rho is a radius, 2.0 in ASAM; Adan takes three betas)."""
+    names: set[str] = set()
+    for base in cls.__mro__:
+        if (base is not torch.optim.Optimizer and isinstance(base, type) and issubclass(base, torch.optim.Optimizer)
+                and base.__module__.startswith("torch.optim")):
+            names |= set(inspect.signature(base).parameters)
+    return names
 
 
-_ADAM_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}
-
-_REGISTRY: dict[str, OptimInfo] = dict(
-    [
-        _info("adadelta", torch.optim.Adadelta, {"rho": 0.9, "eps": 1e-6}),
-        _info("adagrad", torch.optim.Adagrad, {"lr_decay": 0.0, "eps": 1e-10, "initial_accumulator_value": 0.0}),
-        _info("adam", torch.optim.Adam, _ADAM_DEFAULTS, has_betas=True),
-        # torch.optim.AdamW decouples weight decay from the gradient; torch.optim.Adam adds it to the gradient.
-        _info("adamw", torch.optim.AdamW, _ADAM_DEFAULTS, has_betas=True),
-        _info("momentum", torch.optim.SGD, {"momentum": 0.9, "dampening": 0.0}, {"nesterov": False},
-              has_momentum=True),
-        # torch refuses nesterov with dampening != 0, so dampening is not a knob here.
-        _info("nesterov", torch.optim.SGD, {"momentum": 0.9}, {"nesterov": True, "dampening": 0.0},
-              has_momentum=True),
-        _info("rmsprop", torch.optim.RMSprop, {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False},
-              has_momentum=True),
-        # Plain SGD: pinning momentum to 0 keeps "sgd" meaning the textbook update whatever torch's default becomes.
-        _info("sgd", torch.optim.SGD, {}, {"momentum": 0.0, "nesterov": False}),
-    ]
-)
+def optimizer_spec(cls: type[torch.optim.Optimizer]) -> dict[str, Option]:
+    """The options of an optimizer class, from its signature; where the signature states no range, a name it
+    takes from torch gets the range from `RANGES`."""
+    return dict(_optimizer_spec(cls))
 
 
-def list_optimizers() -> list[str]:
-    """Names accepted by `create_optimizer`, sorted."""
-    return sorted(_REGISTRY)
+@functools.cache
+def _optimizer_spec(cls: type[torch.optim.Optimizer]) -> dict[str, Option]:
+    out = spec(cls, skip=NOT_OPTIONS)
+    inherited = _torch_names(cls)
+    for name, opt in out.items():
+        if opt.rule is None and name in RANGES and name in inherited:
+            out[name] = Option(opt.name, opt.type, opt.default, RANGES[name])
+    return out
 
 
-def get_optimizer_info(name: str) -> OptimInfo:
-    """The registry entry for `name`; raises ValueError listing the valid names when there is none."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(list_optimizers())}") from None
+def option_problems(cls: type[torch.optim.Optimizer], options: dict[str, Any]) -> list[str]:
+    """The rules that join options, said before any data loads: torch's SGD refuses Nesterov momentum without
+    momentum or with dampening, in its constructor."""
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.SGD)):
+        return []
+    value = {name: options.get(name, opt.default) for name, opt in optimizer_spec(cls).items()}.get
+    if not value("nesterov"):
+        return []
+    out = []
+    if value("momentum") <= 0:
+        out.append(f"optimizer.momentum={value('momentum')} is not allowed with nesterov: allowed > 0")
+    if value("dampening") != 0:
+        out.append(f"optimizer.dampening={value('dampening')} is not allowed with nesterov: allowed 0")
+    return out
+
+
+def optimizer_class(factory: Any) -> type[torch.optim.Optimizer]:
+    """The class a factory makes: a torch.optim.Optimizer subclass, bare or in a functools.partial with its options
+    as keywords (what `hydra.utils.instantiate(node, _partial_=True)` returns). TypeError for anything else."""
+    cls = factory.func if isinstance(factory, functools.partial) else factory
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        what = f"{cls.__module__}.{cls.__qualname__}" if hasattr(cls, "__qualname__") else repr(cls)
+        raise TypeError(f"an optimizer must be a torch.optim.Optimizer subclass or a partial of one; {what} is not")
+    if isinstance(factory, functools.partial) and factory.args:
+        raise TypeError(f"{cls.__qualname__}: dlx passes the parameters itself; give the options as keywords")
+    return cls
 
 
 def fastest_implementation(cls: type[torch.optim.Optimizer], devices: set[torch.device]) -> dict[str, bool]:
     """The fastest update torch has for parameters on `devices`: on CPU the fused kernel (one pass over each
     tensor) where the optimizer has one, else the multi-tensor (foreach) one; on an accelerator foreach, as
     torch picks by default there. Parameters spread over several devices get torch's own choice.
-
-    Median optimizer step, 1 thread, 64-256-256-10 MLP, foreach -> fused: adam 268 -> 98 us, adamw 264 -> 92,
-    adagrad 195 -> 78, momentum 80 -> 51, nesterov 94 -> 47, sgd 41 -> 37 (a digits MLP epoch 19% shorter with
-    Adam). Earlier, default -> foreach on CPU (2 threads, 40-w-w-10 MLP with LayerNorm, batch 128, w=32 | w=256):
-    adam 274->215 | 395->302, rmsprop 231->162 | 412->318, adadelta 1837->1715 | 690->539.
     A checkpoint keeps the choice in its param groups, so a resumed run updates as it started.
     """
+    # torch leaves CPU on its per-tensor loop; fused cut Adam's step 2.7x (bench/README.md, Optimizers)
     if len(devices) != 1:
         return {}
     accepted = inspect.signature(cls).parameters
@@ -123,38 +143,39 @@ def _param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bo
     return [g for g in groups if g["params"]], decay
 
 
-def create_optimizer(
-    name: str,
-    model: nn.Module,
-    *,
-    lr: float,
-    weight_decay: float = 0.0,
-    decay_norm_and_bias: bool = False,
-    **kwargs: Any,
-) -> torch.optim.Optimizer:
-    """Build optimizer `name` over the trainable parameters of `model`.
+def create_optimizer(factory: Callable[..., torch.optim.Optimizer] | type[torch.optim.Optimizer], model: nn.Module,
+                     **group_options: Any) -> torch.optim.Optimizer:
+    """Build the optimizer `factory` makes over the trainable parameters of `model`.
 
-    `kwargs` are the optimizer's own knobs (see `get_optimizer_info(name).defaults`); a knob it does not have raises
-    ValueError listing the valid ones. `weight_decay` is torch's own: added to the gradient for every optimizer but
-    adamw, which decouples it. Biases and norm parameters get no weight decay unless `decay_norm_and_bias`.
+    `factory` is an Optimizer subclass or a functools.partial of one with its options as keywords. Its options are
+    checked against `optimizer_spec` (ValueError naming `optimizer.<key>`). `group_options` are dlx's own keys
+    (`param_group_options`): biases and norm parameters get no weight decay unless `decay_norm_and_bias`.
     """
-    info = get_optimizer_info(name)
-    unknown = [k for k in kwargs if k not in info.defaults]
-    if unknown:
-        raise ValueError(
-            f"optimizer {name!r} has no option {unknown[0]!r}; valid: {', '.join(info.valid_kwargs)}"
-        )
-    options = {**info.defaults, **kwargs, **info.fixed}
+    cls = optimizer_class(factory)
+    split = param_group_options(**group_options)
+    options = dict(factory.keywords) if isinstance(factory, functools.partial) else {}
+    if isinstance(options.get("betas"), Sequence) and not isinstance(options["betas"], str):
+        # Configs deliver lists (an OmegaConf ListConfig without _convert_), and `betas: [0, 0.99]` parses 0 as an
+        # int, which torch's Adam rejects ("both floats or both Tensors"); torch documents and checkpoints betas
+        # as a tuple of floats.
+        options["betas"] = [float(b) if isinstance(b, int) and not isinstance(b, bool) else b for b in options["betas"]]
+    found = problems(optimizer_spec(cls), options, "optimizer") + option_problems(cls, options)
+    if found:
+        raise ValueError("; ".join(found))
     if "betas" in options:
-        # Configs (YAML, Hydra) deliver lists, and `betas: [0, 0.99]` parses 0 as an int, which torch's Adam
-        # rejects ("both floats or both Tensors"); torch documents and checkpoints betas as a tuple of floats.
-        options["betas"] = tuple(float(b) for b in options["betas"])
+        options["betas"] = tuple(options["betas"])
 
-    groups, decay = _param_groups(model, float(weight_decay), decay_norm_and_bias)
+    # an optimizer without weight decay (a user's may have none) keeps the key in its groups unread, as torch
+    # keeps `decay`
+    known = optimizer_spec(cls).get("weight_decay")
+    default = known.default if known is not None and known.default is not dataclasses.MISSING else 0.0
+    weight_decay = float(options.get("weight_decay", default))
+    groups, decay = _param_groups(model, weight_decay, split["decay_norm_and_bias"])
     if not groups:
         raise ValueError(f"model {type(model).__name__} has no trainable parameters to optimize")
-    options.update(fastest_implementation(info.cls, {p.device for g in groups for p in g["params"]}))
-    optimizer = info.cls(groups, lr=float(lr), **options)
+    if not {"foreach", "fused"} & set(options):  # a Python caller's own choice stands
+        options.update(fastest_implementation(cls, {p.device for g in groups for p in g["params"]}))
+    optimizer = cls(groups, **options)
     optimizer.dlx_decayed = decay
     return optimizer
 
