@@ -2,8 +2,8 @@
 
     python bench/overhead.py [--epochs N] [--repeats R] [--models mlp cnn] [--threads T] [--strict]
 
-For each model the same network (dlx.models.create_model, same config, same seed), the same data tensors
-(dlx.data.create_dataset), the same batch size and torch.optim.Adam with the same lr are trained three times:
+For each model the same network (dlx.build.build_model, same config, same seed), the same data tensors
+(dlx.build.build_data), the same batch size and torch.optim.Adam with the same lr are trained three times:
 
 * dlx: a real `dlx train` run, composed from conf/ with `model=<name>` and run by dlx.run.train, the
   function the command calls: an MLflow run in a temporary SQLite store with params, per-step and
@@ -157,18 +157,14 @@ def run_baseline(model: str, epochs: int, same_kernel: bool = False) -> tuple[li
     import torch
     import torch.nn.functional as F
 
-    from dlx.build import select_device
-    from dlx.data import create_dataset
-    from dlx.models import create_model
+    from dlx.build import build_data, build_model, select_device
     from dlx.optim import fastest_implementation
 
     cfg = resolved_config([f"model={model}", "tracking.enabled=false"])
     device = select_device(cfg["trainer"]["device"])
     torch.manual_seed(cfg["trainer"]["seed"])
-    data = create_dataset(cfg["dataset"]["name"], **{k: v for k, v in cfg["dataset"].items() if k != "name"})
-    data = data.to(device)
-    options = {k: v for k, v in cfg["model"].items() if k != "name"}
-    net = create_model(model, input_shape=data.input_shape, num_classes=data.num_classes, **options).to(device)
+    data = build_data(cfg, device)
+    net = build_model(cfg, data).to(device)
     kernel = fastest_implementation(torch.optim.Adam, {device}) if same_kernel else {}
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg["optimizer"]["lr"], **kernel)
     batch_size = cfg["trainer"]["batch_size"]

@@ -11,11 +11,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlx.config import TrainerConfig
-from dlx.data import DataSplits, create_augmentation, create_dataset
-from dlx.engine import EarlyStopping, FitOptions, Trainer, metric_mode, smallest_train_batch, train_batches
+from dlx.components import call, factory, locate
+from dlx.config import ConfigError, TrainerConfig
+from dlx.data import DataSplits, create_augmentation, prepare
+from dlx.engine import (
+    Callback,
+    EarlyStopping,
+    FitOptions,
+    Trainer,
+    metric_mode,
+    smallest_train_batch,
+    train_batches,
+)
 from dlx.losses import create_loss
-from dlx.models import create_model
+from dlx.models import check_io
 from dlx.optim import create_optimizer
 from dlx.schedule import create_scheduler
 
@@ -38,13 +47,90 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def build_data(cfg: dict, device: torch.device) -> DataSplits:
-    options = {k: v for k, v in cfg["dataset"].items() if k != "name"}
-    return create_dataset(cfg["dataset"]["name"], **options).to(device)
+    make, split = factory("dataset", cfg["dataset"])
+    source = call("dataset", cfg["dataset"]["_target_"], make)
+    return prepare(source, device=device, **split)
 
 
 def build_model(cfg: dict, data: DataSplits) -> nn.Module:
-    options = {k: v for k, v in cfg["model"].items() if k != "name"}
-    return create_model(cfg["model"]["name"], input_shape=data.input_shape, num_classes=data.num_classes, **options)
+    make, _ = factory("model", cfg["model"])
+    shape = check_io(data.input_shape, data.num_classes)
+    model = call("model", cfg["model"]["_target_"], make, input_shape=shape, num_classes=data.num_classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model._target_={cfg['model']['_target_']}: returned a {type(model).__name__}, not a "
+                          "torch.nn.Module")
+    return model
+
+
+def check_sample(cfg: dict, model: nn.Module, loss_fn, data: DataSplits) -> None:
+    """One forward pass and one loss on two training samples, before any run starts: a user's model that
+    returns the wrong shape, or a loss that does not return a scalar, is a configuration error (exit 2)."""
+    x, y = data.train.take(torch.arange(2))
+    target = cfg["model"]["_target_"]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    except Exception as exc:  # noqa: BLE001 - the user's forward: any failure is reported, not raised
+        raise ConfigError(f"model._target_={target}: forward on a sample batch of shape {tuple(x.shape)} failed: "
+                          f"{type(exc).__name__}: {exc}") from None
+    finally:
+        model.train(was)
+    want = (len(x), data.num_classes)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"model._target_={target}: returned {got} for a sample batch of shape {tuple(x.shape)}; "
+                          f"a model must return logits of shape (batch, num_classes) = {want}")
+    try:
+        value = loss_fn(logits, y)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"loss._target_={cfg['loss']['_target_']}: failed on a sample batch: "
+                          f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(value, torch.Tensor) or value.ndim != 0:
+        raise ConfigError(f"loss._target_={cfg['loss']['_target_']}: returned "
+                          f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}, "
+                          "not a scalar tensor; a loss maps (logits, target) to a scalar")
+
+
+def build_loss(cfg: dict):
+    """(training loss, evaluation loss): validation and test losses are computed without label smoothing."""
+    make, _ = factory("loss", cfg["loss"])
+    target = cfg["loss"]["_target_"]
+    return call("loss", target, create_loss, make), call("loss", target, create_loss, make, evaluation=True)
+
+
+HOOKS = tuple(name for name in vars(Callback) if name.startswith("on_"))
+
+
+def build_callbacks(cfg: dict) -> list[Callback]:
+    """trainer.callbacks: each a {_target_: ..., options} instantiated by Hydra, with Callback's hooks."""
+    out = []
+    for i, node in enumerate(cfg["trainer"].get("callbacks") or []):
+        key = f"trainer.callbacks[{i}]"
+        target = node.get("_target_") if isinstance(node, dict) else None
+        locate(target, f"{key}._target_")
+        from hydra.utils import instantiate
+
+        try:
+            cb = instantiate(node, _convert_="all")
+        except Exception as exc:  # noqa: BLE001 - the user's constructor
+            raise ConfigError(f"{key}._target_={target}: {type(exc).__name__}: {exc}") from None
+        if not any(callable(getattr(cb, hook, None)) for hook in HOOKS):
+            raise ConfigError(f"{key}._target_={target}: has none of the hooks of dlx.engine.Callback "
+                              f"({', '.join(HOOKS)})")
+        out.append(cb if isinstance(cb, Callback) else _Hooks(cb))
+    return out
+
+
+class _Hooks(Callback):
+    """A callback that has some of Callback's hooks without subclassing it: the others do nothing."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        for hook in HOOKS:
+            if callable(getattr(inner, hook, None)):
+                setattr(self, hook, getattr(inner, hook))
 
 
 @dataclass
@@ -54,6 +140,7 @@ class Built:
     trainer: Trainer
     device: torch.device
     num_params: int
+    user_callbacks: list[Callback]  # trainer.callbacks, run after dlx's own
 
 
 def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
@@ -66,16 +153,16 @@ def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
     if augment is not None:
         augment.check_input(data.input_shape)
     model = build_model(cfg, data).to(device)
+    loss_fn, eval_loss_fn = build_loss(cfg)
+    check_sample(cfg, model, loss_fn, data)
     forward = torch.compile(model) if t["compile"] else model
 
-    o = dict(cfg["optimizer"])
-    optimizer = create_optimizer(o.pop("name"), model, **o)
-    s = dict(cfg["scheduler"])
-    if s.get("mode") == "auto":  # as for early stopping: max for accuracies, min for losses
-        s["mode"] = metric_mode(s["monitor"])
-    steps_per_epoch = len(train_batches(len(data.x_train), t["batch_size"], smallest_train_batch(model)))
-    schedule = create_scheduler(s.pop("name"), optimizer, steps_per_epoch=steps_per_epoch,
-                                epochs=max(1, t["epochs"]), **s)
+    make, extras = factory("optimizer", cfg["optimizer"])
+    optimizer = call("optimizer", cfg["optimizer"]["_target_"], create_optimizer, make, model, **extras)
+    steps_per_epoch = len(train_batches(len(data.train), t["batch_size"], smallest_train_batch(model)))
+    make, warmup = factory("scheduler", cfg["scheduler"])
+    schedule = call("scheduler", cfg["scheduler"]["_target_"], create_scheduler, make, optimizer,
+                    steps_per_epoch=steps_per_epoch, epochs=max(1, t["epochs"]), mode_for=metric_mode, **warmup)
 
     r = cfg["regularization"]
     es = r["early_stopping"]
@@ -92,8 +179,8 @@ def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
     )
     trainer = Trainer(
         model=model, optimizer=optimizer, schedule=schedule, data=data, options=options, augment=augment,
-        loss_fn=create_loss(t["loss"], label_smoothing=r["label_smoothing"]), eval_loss_fn=create_loss(t["loss"]),
-        early_stopping=early, forward=forward, callbacks=list(callbacks),
+        loss_fn=loss_fn, eval_loss_fn=eval_loss_fn, early_stopping=early, forward=forward, callbacks=list(callbacks),
     )
     num_params = sum(p.numel() for p in model.parameters())
-    return Built(data=data, model=model, trainer=trainer, device=device, num_params=num_params)
+    return Built(data=data, model=model, trainer=trainer, device=device, num_params=num_params,
+                 user_callbacks=build_callbacks(cfg))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from dlx.engine import Callback
 
-class TrackingCallback:
+
+class TrackingCallback(Callback):
     """Metrics into the tracker's buffer; the buffer goes to the writer thread once per epoch. (On resume the
     tracker leaves out the points its run already holds.)"""
 
@@ -33,7 +35,7 @@ class TrackingCallback:
             self.tracker.log_metrics(metrics, step=step)
 
 
-class CheckpointCallback:
+class CheckpointCallback(Callback):
     """last.pt every `every` epochs (and at the end); best.pt whenever the monitored metric improves.
 
     Writes take at most `max_overhead` of the run's time: after a write that took s seconds the next one

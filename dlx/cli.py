@@ -90,19 +90,18 @@ def cmd_train(args: list[str]) -> int:
     if any(a.split("=", 1)[0] == "--experimental-rerun" for a in args):
         return error("--experimental-rerun loads a pickled config, and unpickling can run any code: not "
                      "accepted; repeat the overrides of the run instead (its .hydra/overrides.yaml)", 2)
+    from dlx.compose import check_hydra_overrides, expand_config_dir
     from dlx.config import ConfigError
 
+    try:
+        from dlx.components import expand_targets
+
+        args = expand_targets(expand_config_dir(args))
+        check_hydra_overrides([a for a in args if not a.startswith("-")])
+    except ConfigError as exc:
+        return error(str(exc), 2)
     if {"--help", "-h"}.intersection(args):
         return train_help([a for a in args if not a.startswith("-")])
-    if not _INSPECT_FLAGS.intersection(args):
-        # Compose once before Hydra runs: bad options, keys, types and ranges exit with code 2 and a
-        # message naming the key, before any data is loaded or any MLflow run exists.
-        from dlx.compose import compose
-
-        try:
-            compose([a for a in args if not a.startswith("-")], check=True)
-        except ConfigError as exc:
-            return error(str(exc), 2)
     return _run_hydra(args)
 
 
@@ -126,18 +125,30 @@ def train_help(overrides: list[str]) -> int:
 
 
 def _run_hydra(args: list[str]) -> int:
+    """Hydra composes the configuration once and run.train checks it once, before any data loads. When
+    Hydra cannot compose it, its own report is replaced by dlx's one line naming the bad override."""
+    import io
+
     import hydra
 
     from dlx import run
-    from dlx.compose import config_dir
-    from dlx.config import register_configs
+    from dlx.compose import added_key_problems, compose, config_dir
+    from dlx.config import ConfigError, register_configs
 
     register_configs()
-    outcome = {"code": 0}
+    outcome = {"code": 0, "started": False}
+    overrides = [a for a in args if not a.startswith("-")]
+    inspect_only = bool(_INSPECT_FLAGS.intersection(args))
+    stderr = sys.stderr
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def task(cfg):
+        outcome["started"] = True
+        sys.stderr = stderr
         try:
+            problems = added_key_problems(overrides)  # Hydra's `+key` adds even into a typed group
+            if problems:
+                raise run.RunError("\n".join(problems), 2)
             run.train(cfg, command=["dlx", "train", *args])
         except run.RunError as exc:
             outcome["code"] = exc.exit_code
@@ -145,12 +156,24 @@ def _run_hydra(args: list[str]) -> int:
 
     saved = sys.argv
     sys.argv = ["dlx-train", *args]
+    hydra_said = io.StringIO()
+    if not inspect_only:
+        sys.stderr = hydra_said
     try:
         task()
     except SystemExit as exc:  # Hydra exits 1 after printing an error it caught itself
+        if outcome["started"] or inspect_only:
+            return exc.code if isinstance(exc.code, int) else 1
+        sys.stderr = stderr
+        try:
+            compose(overrides, check=False)
+        except ConfigError as explained:
+            return error(str(explained), 2)
+        print(hydra_said.getvalue(), end="", file=sys.stderr)
         return exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.argv = saved
+        sys.stderr = stderr
     return outcome["code"]
 
 

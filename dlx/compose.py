@@ -9,15 +9,17 @@ from omegaconf import DictConfig, OmegaConf
 from dlx.config import ConfigError, register_configs
 from dlx.validate import validate
 
-GROUPS = ("dataset", "model", "optimizer", "scheduler", "regularization", "augmentation", "trainer", "tracking",
-          "diagnostics")
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "loss", "regularization", "augmentation", "trainer",
+          "tracking", "diagnostics")
 # The hydra.* overrides dlx documents (a trailing .* takes every key below): the sweeper and its settings,
 # the launcher and its settings, where runs and sweeps write, and the logging a sweep picks for its
 # trials. Any other hydra.* key could run code: hydra.callbacks.* instantiates the _target_ it is given,
 # hydra.job_logging.* hands `()` factories to logging.config, hydra.searchpath adds config folders.
+# hydra.searchpath is how `--config-dir DIR` reaches Hydra: the user's own config folder on their own command
+# line, like a _target_; a stored one is code to trust (names_code).
 HYDRA_ALLOWED = ("hydra/sweeper", "hydra.sweeper.*", "hydra/launcher", "hydra.launcher.*", "hydra.run.dir",
                  "hydra.sweep.dir", "hydra.sweep.subdir", "hydra/hydra_logging", "hydra/job_logging",
-                 "hydra.job_logging.root.handlers")
+                 "hydra.job_logging.root.handlers", "hydra.searchpath")
 
 
 def config_dir() -> Path:
@@ -29,8 +31,41 @@ def config_dir() -> Path:
     raise FileNotFoundError(f"dlx cannot find its configs: neither {package.parent / 'conf'} nor {package / 'conf'}")
 
 
-def list_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+def user_config_dirs(overrides: list[str]) -> list[Path]:
+    """The folders `--config-dir` added (as hydra.searchpath) to an override list, searched before conf/."""
+    dirs: list[Path] = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") == "hydra.searchpath":
+            dirs += [Path(v.strip().removeprefix("file://")) for v in value.strip("[]").split(",") if v.strip()]
+    return dirs
+
+
+def expand_config_dir(args: list[str]) -> list[str]:
+    """`--config-dir DIR` (or -cd DIR, --config-dir=DIR): the user's own conf folder, whose <group>/<option>.yaml
+    and study/<name>.yaml files join dlx's, as the override hydra.searchpath=[file://DIR]."""
+    out, dirs, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a in ("--config-dir", "-cd") or a.startswith("--config-dir="):
+            value = a.partition("=")[2] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+            i += 1 if "=" in a else 2
+            path = Path(value).expanduser().resolve()
+            if not value or not path.is_dir():
+                raise ConfigError(f"--config-dir {value}: no such folder; give the folder that holds your "
+                                  "<group>/<option>.yaml files")
+            dirs.append(path)
+            continue
+        out.append(a)
+        i += 1
+    if dirs:
+        out.insert(0, "hydra.searchpath=[" + ",".join(f"file://{d}" for d in dirs) + "]")
+    return out
+
+
+def list_options(group: str, overrides: list[str] = ()) -> list[str]:
+    folders = [*user_config_dirs(list(overrides)), config_dir()]
+    return sorted({p.stem for d in folders for p in (d / group).glob("*.yaml")})
 
 
 def compose(overrides: list[str] = (), *, check: bool = True, hydra_config: bool = False) -> DictConfig:
@@ -39,8 +74,10 @@ def compose(overrides: list[str] = (), *, check: bool = True, hydra_config: bool
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from dlx.components import expand_targets
+
     register_configs()
-    overrides = list(overrides)
+    overrides = expand_targets(list(overrides))
     check_hydra_overrides(overrides)
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
@@ -49,15 +86,22 @@ def compose(overrides: list[str] = (), *, check: bool = True, hydra_config: bool
             cfg = hydra_compose("config", overrides=overrides, return_hydra_config=hydra_config)
         except Exception as exc:  # Hydra raises several types; each becomes one clear message
             raise ConfigError(explain_compose_error(exc, overrides)) from None
-        if any(o.startswith("+") for o in overrides):
-            from hydra.core.override_parser.overrides_parser import OverridesParser
-
-            problems = unknown_keys(OverridesParser.create().parse_overrides(overrides))
-            if problems:
-                raise ConfigError("\n".join(problems))
+        problems = added_key_problems(overrides)
+        if problems:
+            raise ConfigError("\n".join(problems))
     if check:
         check_config(cfg)
     return cfg
+
+
+def added_key_problems(overrides: list[str]) -> list[str]:
+    """`+key=value` appends even into a typed group: its key must be one the group has. Needs Hydra initialised
+    (inside compose, or a Hydra task)."""
+    if not any(o.startswith("+") for o in overrides):
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return unknown_keys(OverridesParser.create().parse_overrides(overrides))
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -87,14 +131,15 @@ def check_hydra_overrides(overrides: list[str]) -> None:
             continue
         if not any(key == a or (a.endswith(".*") and key.startswith(a[:-1])) for a in HYDRA_ALLOWED):
             raise ConfigError(f"{key}: not a Hydra setting dlx accepts; allowed: {', '.join(HYDRA_ALLOWED)}")
-        if "_target_" in o.input_line:
+        if "_target_" in o.input_line and key != "hydra.searchpath":
             raise ConfigError(f"{o.input_line}: a Hydra setting cannot name code (_target_)")
 
 
 def names_code(override: str) -> bool:
     """Whether an override's value is code to run: a _target_ (in its key or value) is imported and
     called; the lines of a launcher's setup run in a shell before each trial."""
-    return "_target_" in override or override.split("=", 1)[0].lstrip("+~") == "hydra.launcher.setup"
+    return "_target_" in override or override.split("=", 1)[0].lstrip("+~") in ("hydra.launcher.setup",
+                                                                               "hydra.searchpath")
 
 
 def explain_compose_error(exc: Exception, overrides: list[str]) -> str:
@@ -106,7 +151,8 @@ def explain_compose_error(exc: Exception, overrides: list[str]) -> str:
         missing = exc.missing_cfg_file or ""
         group, _, option = missing.rpartition("/")
         if group in GROUPS:
-            return f"{group}={option}: no such option of group '{group}'; valid: {', '.join(list_options(group))}"
+            valid = ", ".join(list_options(group, overrides))
+            return f"{group}={option}: no such option of group '{group}'; valid: {valid}"
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:
@@ -143,7 +189,7 @@ def unknown_keys(parsed) -> list[str]:
             continue
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(base, parent) if parent else base
-        if not isinstance(node, DictConfig) or leaf in node:
+        if not isinstance(node, DictConfig) or leaf in node.keys():  # `in node` is False for a ??? value
             continue
         if o.is_add() and not _is_typed(node):
             continue

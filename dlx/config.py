@@ -1,15 +1,17 @@
-"""Typed schema of every config group, stored in Hydra's ConfigStore.
+"""Typed schema of the groups dlx itself reads (trainer, tracking, regularization, augmentation,
+diagnostics), stored in Hydra's ConfigStore: each dataclass holds its group's defaults, and a YAML option
+under conf/<group>/ holds only what it changes, so OmegaConf rejects unknown keys and wrong types while the
+config is composed. Ranges that a type cannot express are checked by dlx.validate right after composition.
 
-Each YAML option under conf/<group>/ starts from one of these dataclasses (its defaults list names
-`schema_<option>`), so OmegaConf rejects unknown keys and wrong types while the config is composed.
-Ranges that a type cannot express (lr > 0, 0 <= dropout < 1, ...) are checked by dlx.validate, which
-runs right after composition and before any data is loaded.
+The component groups (dataset, model, optimizer, scheduler, loss) have no dataclass here: each option's
+schema is derived from its `_target_`'s signature (dlx.components).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -19,55 +21,13 @@ class ConfigError(ValueError):
     """A bad value, key or option in the composed configuration (exit code 2)."""
 
 
-class Norm(Enum):
-    none = "none"
-    batch = "batch"
-    layer = "layer"
-    group = "group"
-    instance = "instance"
-
-
-class Activation(Enum):
-    relu = "relu"
-    leaky_relu = "leaky_relu"
-    elu = "elu"
-    selu = "selu"
-    gelu = "gelu"
-    sigmoid = "sigmoid"
-    tanh = "tanh"
-
-
-class Init(Enum):
-    default = "default"
-    xavier_uniform = "xavier_uniform"
-    xavier_normal = "xavier_normal"
-    he_uniform = "he_uniform"
-    he_normal = "he_normal"
-    orthogonal = "orthogonal"
-
-
-class Pool(Enum):
-    max = "max"
-    avg = "avg"
-    none = "none"
-
-
-class Loss(Enum):
-    ce = "ce"
-    bce = "bce"
-    mse = "mse"
-    mae = "mae"
-    huber = "huber"
-    hinge = "hinge"
-
-
 class Amp(Enum):
     off = "off"
     bf16 = "bf16"
     fp16 = "fp16"
 
 
-class Mode(Enum):
+class Mode(str, Enum):  # also the plateau schedule's (dlx.schedule)
     auto = "auto"  # max for accuracy-like metrics, min for losses
     min = "min"
     max = "max"
@@ -76,163 +36,6 @@ class Mode(Enum):
 class ClipType(Enum):
     norm = "norm"
     value = "value"
-
-
-class Anneal(Enum):
-    cos = "cos"
-    linear = "linear"
-
-
-# ---------------------------------------------------------------- dataset
-@dataclass
-class DatasetConfig:
-    name: str = MISSING
-    root: str = "data"
-    download: bool = False
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    train_subset: int | None = None
-    normalize: bool = True
-
-
-@dataclass
-class SyntheticDatasetConfig(DatasetConfig):
-    n_samples: int = 2000
-    noise: float = 0.1
-
-
-@dataclass
-class DownloadDatasetConfig(DatasetConfig):
-    mirror: str | None = None
-
-
-# ---------------------------------------------------------------- model
-@dataclass
-class ModelConfig:
-    name: str = MISSING
-    width: int = 128
-    depth: int = 2
-    norm: Norm = Norm.none
-    activation: Activation = Activation.relu
-    init: Init = Init.default
-    dropout: float = 0.0
-
-
-@dataclass
-class CNNConfig(ModelConfig):
-    kernel_size: int = 3
-    stride: int = 1
-    padding: int = 1
-    pool: Pool = Pool.max
-    hidden: int = 128
-
-
-@dataclass
-class ResNetConfig(ModelConfig):
-    skip: bool = True
-
-
-# ---------------------------------------------------------------- optimizer
-@dataclass
-class OptimizerConfig:
-    name: str = MISSING
-    lr: float = 0.1
-    weight_decay: float = 0.0
-    decay_norm_and_bias: bool = False
-
-
-@dataclass
-class MomentumConfig(OptimizerConfig):
-    momentum: float = 0.9
-    dampening: float = 0.0
-
-
-@dataclass
-class NesterovConfig(OptimizerConfig):
-    momentum: float = 0.9
-
-
-@dataclass
-class AdagradConfig(OptimizerConfig):
-    lr_decay: float = 0.0
-    eps: float = 1e-10
-    initial_accumulator_value: float = 0.0
-
-
-@dataclass
-class AdadeltaConfig(OptimizerConfig):
-    rho: float = 0.9
-    eps: float = 1e-6
-
-
-@dataclass
-class RMSpropConfig(OptimizerConfig):
-    alpha: float = 0.99
-    eps: float = 1e-8
-    momentum: float = 0.0
-    centered: bool = False
-
-
-@dataclass
-class AdamConfig(OptimizerConfig):
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    amsgrad: bool = False
-
-
-# ---------------------------------------------------------------- scheduler
-@dataclass
-class SchedulerConfig:
-    name: str = MISSING
-    warmup_epochs: float = 0.0
-    warmup_start_factor: float = 0.0
-
-
-@dataclass
-class StepSchedulerConfig(SchedulerConfig):
-    step_size: int = 10
-    gamma: float = 0.1
-
-
-@dataclass
-class MultiStepSchedulerConfig(SchedulerConfig):
-    milestones: list[int] = field(default_factory=lambda: [10, 15])
-    gamma: float = 0.1
-
-
-@dataclass
-class ExponentialSchedulerConfig(SchedulerConfig):
-    gamma: float = 0.9
-
-
-@dataclass
-class CosineSchedulerConfig(SchedulerConfig):
-    min_lr_ratio: float = 0.0
-
-
-@dataclass
-class CosineRestartsSchedulerConfig(SchedulerConfig):
-    t0_epochs: int = 5
-    t_mult: int = 2
-    min_lr_ratio: float = 0.0
-
-
-@dataclass
-class OneCycleSchedulerConfig(SchedulerConfig):
-    pct_start: float = 0.3
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
-    anneal: Anneal = Anneal.cos
-
-
-@dataclass
-class PlateauSchedulerConfig(SchedulerConfig):
-    monitor: str = "val/loss"
-    mode: Mode = Mode.auto
-    factor: float = 0.1
-    patience: int = 3
-    threshold: float = 1e-4
-    min_lr_ratio: float = 0.0
 
 
 # ---------------------------------------------------------------- regularization
@@ -289,7 +92,6 @@ class TrainerConfig:
     epochs: int = 20
     batch_size: int = 64
     eval_batch_size: int = 1024
-    loss: Loss = Loss.ce
     device: str = "auto"
     amp: Amp = Amp.off
     compile: bool = False
@@ -303,6 +105,8 @@ class TrainerConfig:
     progress: str = "auto"  # auto (bars on a TTY, lines otherwise), bar, plain, none
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None
+    # objects with the hooks of dlx.engine.Callback, each given as {_target_: ..., options}
+    callbacks: list[Any] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- tracking
@@ -375,10 +179,13 @@ class StudyConfig:
 
 @dataclass
 class Config:
-    dataset: DatasetConfig = MISSING
-    model: ModelConfig = MISSING
-    optimizer: OptimizerConfig = MISSING
-    scheduler: SchedulerConfig = MISSING
+    # component groups (dlx.components): a `_target_` and its options; a built-in option's schema is derived
+    # from its target's signature when the config is composed
+    dataset: Any = MISSING
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    loss: Any = MISSING
     # groups whose options only change values share one schema; options merge into it, so several
     # can combine (regularization=[l2,dropout])
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
@@ -391,42 +198,9 @@ class Config:
     seed: int = 0
 
 
-# (group, option) -> schema; each conf/<group>/<option>.yaml names `schema_<option>` in its defaults.
-SCHEMAS: dict[str, dict[str, type]] = {
-    "dataset": {
-        "digits": DatasetConfig,
-        "mnist1d": DatasetConfig,
-        "moons": SyntheticDatasetConfig,
-        "spirals": SyntheticDatasetConfig,
-        "mnist": DownloadDatasetConfig,
-        "fashion_mnist": DownloadDatasetConfig,
-        "cifar10": DownloadDatasetConfig,
-    },
-    "model": {"mlp": ModelConfig, "cnn": CNNConfig, "resnet": ResNetConfig},
-    "optimizer": {
-        "sgd": OptimizerConfig,
-        "momentum": MomentumConfig,
-        "nesterov": NesterovConfig,
-        "adagrad": AdagradConfig,
-        "adadelta": AdadeltaConfig,
-        "rmsprop": RMSpropConfig,
-        "adam": AdamConfig,
-        "adamw": AdamConfig,
-    },
-    "scheduler": {
-        "constant": SchedulerConfig,
-        "step": StepSchedulerConfig,
-        "multistep": MultiStepSchedulerConfig,
-        "exponential": ExponentialSchedulerConfig,
-        "cosine": CosineSchedulerConfig,
-        "cosine_restarts": CosineRestartsSchedulerConfig,
-        "onecycle": OneCycleSchedulerConfig,
-        "plateau": PlateauSchedulerConfig,
-    },
-}
 def register_configs() -> None:
+    from dlx.components import register
+
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
-    for group, options in SCHEMAS.items():
-        for option, schema in options.items():
-            cs.store(group=group, name=f"schema_{option}", node=schema)
+    register()

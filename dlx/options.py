@@ -166,23 +166,20 @@ def spec(fn: Callable, *, skip: tuple[str, ...] = ()) -> dict[str, Option]:
     return out
 
 
-def schema(fn: Callable, *, target: str, name: str, skip: tuple[str, ...] = (),
-           extras: type | None = None) -> type:
-    """A dataclass Hydra can compose against: `_target_` plus every option of fn with its type and default.
-    `extras` (a dataclass) adds keys dlx itself reads for the group (warmup of a schedule, ...)."""
+def schema(options: Mapping[str, Option], *, target: str, name: str) -> type:
+    """A dataclass Hydra can compose against: `_target_` and each option with its type and default (a required
+    option without a default is OmegaConf's MISSING, so composing without it fails)."""
     fields: list[tuple] = [("_target_", str, dataclasses.field(default=target))]
-    for opt in spec(fn, skip=skip).values():
+    for opt in options.values():
         default = opt.default
         if default is dataclasses.MISSING:
-            field = dataclasses.field(default="???")  # OmegaConf's MISSING: the YAML or the user must set it
+            field = dataclasses.field(default="???")
         elif isinstance(default, (list, dict)):
             field = dataclasses.field(default_factory=functools.partial(_copy, default))
         else:
             field = dataclasses.field(default=default)
         fields.append((opt.name, opt.type, field))
-    bases = (extras,) if extras is not None else ()
-    taken = {f.name for f in dataclasses.fields(extras)} if extras is not None else set()
-    return dataclasses.make_dataclass(name, [f for f in fields if f[0] not in taken], bases=bases)
+    return dataclasses.make_dataclass(name, fields)
 
 
 def _copy(value):

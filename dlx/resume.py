@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -46,7 +47,7 @@ def prepare_resume(current: dict, overrides: list[str], run_dir: Path, composed:
         raise RunError(f"{where}: {path} is not a dlx checkpoint: {exc}; resume from the last.pt or best.pt "
                        "that a dlx run wrote, or from its run id", 2) from None
     try:
-        checkpoint["config"] = _plain(typed(checkpoint["config"]))
+        checkpoint["config"] = _plain(typed(checkpoint["config"], current))
         config = resumed_config(checkpoint["config"], current, overrides, follows=interpolated(composed))
     except ConfigError as exc:
         raise RunError(f"{where}: {one_line(str(exc))}", 2) from None
@@ -160,7 +161,7 @@ def resumed_config(saved: dict, current: dict, overrides: list[str], follows: se
     changed key, old -> new. A group (`optimizer=sgd`) names every key below it, except those in `follows`,
     which take their value from another key (model.dropout: ${regularization.dropout}) that is compared
     where this command names it."""
-    kept = _plain(typed(saved))
+    kept = _plain(typed(saved, current))
     changes = []
     for override in overrides:
         key = _named_key(override)
@@ -169,7 +170,7 @@ def resumed_config(saved: dict, current: dict, overrides: list[str], follows: se
                    for leaf in sorted(old.keys() | new.keys())
                    if not (may_change(leaf) or leaf in follows) and old.get(leaf, _ABSENT) != new.get(leaf, _ABSENT)]
         # another option of a group (optimizer=sgd on an adam run): its name says it, not each of its keys
-        changes += [c for c in changed if c[1] == f"{key}.name"] or changed
+        changes += [c for c in changed if c[1] == f"{key}._target_"] or changed
     if changes:
         raise ConfigError(f"a resumed run keeps the configuration it started with; only {_mutable_text()} may "
                           f"change, and this command changes {_describe(changes)}")
@@ -178,33 +179,43 @@ def resumed_config(saved: dict, current: dict, overrides: list[str], follows: se
         key = _named_key(override)
         for name in [key] if may_change(key) else [m for m in RESUME_MUTABLE if m.startswith(key + ".")]:
             OmegaConf.update(cfg, name, OmegaConf.select(now, name), force_add=True)
-    final = typed(_plain(cfg))
+    final = typed(_plain(cfg), current)
     from dlx.compose import check_config
 
     check_config(final)
     return _plain(final)
 
 
-def typed(config: dict) -> DictConfig:
-    """`config`, resolved, merged into dlx's schema (dlx.config), each group's by the option its `name` gives:
-    the type and key checks that composing a new run's configuration applies."""
+def typed(config: dict, named: Mapping | None = None) -> DictConfig:
+    """`config`, resolved, merged into dlx's schema (dlx.config), each component group's into the schema of its
+    `_target_`: the type and key checks that composing a new run's configuration applies. A `_target_` that dlx
+    does not ship is refused unless `named` (this command's configuration) names the same one: a
+    configuration read back from a file or a store never chooses the code that runs."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from dlx.config import SCHEMAS, Config
+    from dlx.components import GROUPS, group_spec, trusted_targets, untrusted
+    from dlx.config import Config
+    from dlx.options import schema as option_schema
 
     held = sorted(interpolated(config))
     if held:  # a run stores its configuration resolved: ${oc.env:...} in a file would read this machine's secrets
         raise ConfigError(f"invalid configuration: {held[0]}={_leaves(config, held[0])[held[0]]} is an interpolation; "
                           "a stored configuration holds resolved values only")
-    schema = OmegaConf.structured(Config)
-    for group, options in SCHEMAS.items():
+    foreign = untrusted(config, named or {})
+    if foreign:
+        raise ConfigError(f"the stored configuration names code that this command does not: {', '.join(foreign)}; "
+                          "name it on the command line or in --config-dir to run it")
+    structured = OmegaConf.structured(Config)
+    for group in GROUPS:
         node = config.get(group)
-        name = node.get("name") if isinstance(node, dict) else None
-        if name not in options:
-            raise ConfigError(f"{group}.name={name}: no such option of group '{group}'; valid: {', '.join(options)}")
-        schema[group] = OmegaConf.structured(options[name])
+        target = node.get("_target_") if isinstance(node, dict) else None
+        if not isinstance(target, str):
+            raise ConfigError(f"invalid configuration: {group}._target_ is missing")
+        if target in trusted_targets():
+            structured[group] = OmegaConf.structured(option_schema(group_spec(group, target), target=target,
+                                                                   name=group))
     try:
-        return OmegaConf.merge(schema, config)
+        return OmegaConf.merge(structured, config)
     except OmegaConfBaseException as exc:
         detail = one_line(str(exc).split("\n    full_key")[0])
         key = getattr(exc, "full_key", None)

@@ -238,15 +238,15 @@ def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint, com
     run_id = tracker.start(run_name=name, tags=tags, parent_run_id=cfg["tracking"].get("parent_run_id"))
     if run_id:
         params = {**flatten(cfg), **{f"{g}.name": n for g, n in names.items()}}
-        params.update({"model.num_params": built.num_params, "data.n_train": len(built.data.x_train),
-                       "data.n_val": len(built.data.x_val), "data.n_test": len(built.data.x_test)})
+        params.update({"model.num_params": built.num_params, "data.n_train": len(built.data.train),
+                       "data.n_val": len(built.data.val), "data.n_test": len(built.data.test)})
         tracker.log_params(params)
         config_path = run_dir / "config.yaml"
         config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(redact(cfg))))
         tracker.log_artifact(config_path)
     log.info("run %s%s: %s params, %d train / %d val / %d test samples on %s", name,
-             f" ({run_id})" if run_id else "", f"{built.num_params:,}", len(built.data.x_train),
-             len(built.data.x_val), len(built.data.x_test), built.device)
+             f" ({run_id})" if run_id else "", f"{built.num_params:,}", len(built.data.train),
+             len(built.data.val), len(built.data.test), built.device)
     return run_id
 
 
@@ -262,7 +262,7 @@ def _finish(trainer, state, tracker, run_dir: Path, diagnostics=None) -> dict:
 
     final = dict(state.history[-1]) if state.history else {}
     restored = trainer.restore_best()
-    test = trainer.evaluate(trainer.data.x_test, trainer.data.y_test)
+    test = trainer.evaluate(trainer.data.test)
     final.update({"test/loss": test["loss"], "test/acc": test["acc"], "epochs": state.epoch})
     summary = {"test/loss": test["loss"], "test/acc": test["acc"]}
     if trainer.early_stopping is not None and trainer.early_stopping.best is not None:

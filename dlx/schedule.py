@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from dlx.config import Mode
 from dlx.options import Items, Range, problems, spec
 
 Curve = Callable[[int], float]
@@ -36,12 +37,6 @@ TORCH_PLATEAU_MONITOR = "val/loss"
 class Anneal(str, enum.Enum):
     cos = "cos"
     linear = "linear"
-
-
-class Mode(str, enum.Enum):
-    auto = "auto"  # max for accuracy-like metrics, min for losses
-    min = "min"
-    max = "max"
 
 
 @dataclass(frozen=True)

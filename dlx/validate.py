@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dlx.components import problems as component_problems
 from dlx.config import ConfigError
 from dlx.store_check import problems as store_problems
 
@@ -19,40 +20,6 @@ _PROGRESS = ("auto", "bar", "plain", "none")
 # key -> (predicate, what is allowed); keys that an option lacks are skipped
 _RULES: dict[str, tuple[Any, str]] = {
     "seed": (lambda v: v >= 0, ">= 0"),
-    "dataset.val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "dataset.train_subset": (lambda v: v is None or v >= 1, "null or >= 1"),
-    "dataset.n_samples": (lambda v: v >= 10, ">= 10"),
-    "dataset.noise": (lambda v: v >= 0, ">= 0"),
-    "model.width": (lambda v: v >= 1, ">= 1"),
-    "model.depth": (lambda v: v >= 0, ">= 0"),
-    "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "model.kernel_size": (lambda v: v >= 1, ">= 1"),
-    "model.stride": (lambda v: v >= 1, ">= 1"),
-    "model.padding": (lambda v: v >= 0, ">= 0"),
-    "model.hidden": (lambda v: v >= 1, ">= 1"),
-    "optimizer.lr": (lambda v: v > 0, "> 0"),
-    "optimizer.weight_decay": (lambda v: v >= 0, ">= 0"),
-    "optimizer.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optimizer.dampening": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optimizer.betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
-    "optimizer.eps": (lambda v: v > 0, "> 0"),
-    "optimizer.rho": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optimizer.alpha": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optimizer.lr_decay": (lambda v: v >= 0, ">= 0"),
-    "optimizer.initial_accumulator_value": (lambda v: v >= 0, ">= 0"),
-    "scheduler.warmup_epochs": (lambda v: v >= 0, ">= 0"),
-    "scheduler.warmup_start_factor": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "scheduler.step_size": (lambda v: v >= 1, ">= 1"),
-    "scheduler.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "scheduler.milestones": (lambda v: all(m >= 1 for m in v) and list(v) == sorted(v), "increasing epochs >= 1"),
-    "scheduler.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "scheduler.t0_epochs": (lambda v: v >= 1, ">= 1"),
-    "scheduler.t_mult": (lambda v: v >= 1, ">= 1"),
-    "scheduler.pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "scheduler.div_factor": (lambda v: v >= 1, ">= 1"),
-    "scheduler.final_div_factor": (lambda v: v >= 1, ">= 1"),
-    "scheduler.factor": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "scheduler.patience": (lambda v: v >= 0, ">= 0"),
     "regularization.l1": (lambda v: v >= 0, ">= 0"),
     "regularization.l2": (lambda v: v >= 0, ">= 0"),
     "regularization.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -94,6 +61,11 @@ _METRIC_KEYS = ("scheduler.monitor", "regularization.early_stopping.monitor", "t
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every value outside its allowed range (all at once)."""
     problems, reported = [], {}
+    for key in sorted(OmegaConf.missing_keys(cfg)):  # ??? in a schema: an option without a default
+        problems.append(f"{key} is required: add {key}=VALUE")
+    if problems:
+        raise ConfigError(problems[0] if len(problems) == 1 else
+                          f"{len(problems)} problems in the configuration:\n  " + "\n  ".join(problems))
     for key, (ok, allowed) in _RULES.items():
         value = OmegaConf.select(cfg, key, default="__absent__")
         if value == "__absent__":
@@ -111,7 +83,14 @@ def validate(cfg: DictConfig) -> None:
             problems.append(f"{key}={value} is not a metric dlx logs per epoch: allowed {', '.join(METRIC_NAMES)}")
     if cfg.regularization.early_stopping.enabled and cfg.dataset.val_fraction == 0:
         problems.append("regularization.early_stopping needs a validation split: dataset.val_fraction must be > 0")
-    problems += _combination_problems(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    found = component_problems(plain)
+    problems += found
+    if not found and isinstance(plain.get("loss"), dict):
+        from dlx.losses import label_smoothing_problems  # imports torch: only once a config gets here
+
+        loss = {k: v for k, v in plain["loss"].items() if k != "_target_"}
+        problems += label_smoothing_problems(plain["loss"]["_target_"], loss, plain["regularization"]["label_smoothing"])
     problems += _device_problems(cfg)
     problems += _batch_norm_problems(cfg)
     problems += store_problems(cfg.tracking) if "tracking" in cfg else []  # address and experiment name
@@ -122,29 +101,11 @@ def validate(cfg: DictConfig) -> None:
 
 
 # keys whose default is an interpolation of another key (conf/): report the source only
-_FOLLOWS = {"model.dropout": "regularization.dropout", "trainer.seed": "seed"}
+_FOLLOWS = {"trainer.seed": "seed"}
 
 
 def _enum(value) -> str:
     return value.value if isinstance(value, Enum) else str(value)
-
-
-def _combination_problems(cfg: DictConfig) -> list[str]:
-    """Rules that join two keys or depend on the chosen option: checked before any data loads."""
-    problems = []
-    model, depth = cfg.model.name, cfg.model.depth
-    if model == "resnet" and (depth < 8 or (depth - 2) % 6):
-        problems.append(f"model.depth={depth} is not valid for resnet: allowed 6n+2 (8, 14, 20, 32, 44, 56, ...)")
-    if model == "cnn" and depth < 1:
-        problems.append(f"model.depth={depth} is out of range for cnn: allowed >= 1 (depth 0 is an mlp)")
-    if model == "mlp" and _enum(cfg.model.norm) == "instance":
-        problems.append("model.norm=instance needs feature maps and mlp has none: allowed none, batch, layer, "
-                        "group (or model=cnn / model=resnet)")
-    if _enum(cfg.trainer.loss) == "hinge" and cfg.regularization.label_smoothing:
-        problems.append("regularization.label_smoothing must be 0 with trainer.loss=hinge (it takes hard labels)")
-    if cfg.scheduler.name == "onecycle" and cfg.scheduler.warmup_epochs:
-        problems.append("scheduler.warmup_epochs must be 0 with scheduler=onecycle (pct_start is its warmup)")
-    return problems
 
 
 def _device_problems(cfg: DictConfig) -> list[str]:

@@ -252,10 +252,13 @@ def test_interpolation_endpoints_are_the_solutions_own_losses():
 
 
 def test_fixed_subset_is_the_same_every_time_and_all_when_asked_for_more():
+    from dlx.data.batches import TensorSplit
+
     x, y = torch.arange(100.0)[:, None], torch.arange(100)
-    a, b = fixed_subset(x, y, 10, seed=3), fixed_subset(x, y, 10, seed=3)
+    split = TensorSplit(x, y)
+    a, b = fixed_subset(split, 10, seed=3), fixed_subset(split, 10, seed=3)
     assert torch.equal(a[0], b[0]) and len(a[0]) == 10
-    assert torch.equal(fixed_subset(x, y, 500)[1], y)
+    assert torch.equal(fixed_subset(split, 500)[1], y)
 
 
 def test_evaluated_restores_mode_buffers_and_random_state():

@@ -24,10 +24,12 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dlx.build import Built, build
+from dlx.components import builtin, group_spec
 from dlx.compose import GROUPS, check_config, compose, config_dir, list_options
-from dlx.config import Activation, ConfigError, Init, Loss, Norm, Pool
+from dlx.config import ConfigError
 from dlx.data.bundled import mnist1d_cache_name
 from dlx.engine import Callback, EarlyStopping, TrainState
+from dlx.models import Pool
 
 # Small and fast: two optimiser steps of 20 samples, tiny models, no tracking.
 TINY = [
@@ -40,7 +42,7 @@ TINY = [
     "model.width=8",
     "tracking=off",
 ]
-# Keys only some options have: set when the composed option has them.
+# Keys only some options have: set when the composed option has them (dataset.root: the data_root fixture).
 TINY_IF_PRESENT = {"dataset.n_samples": "200", "model.hidden": "16"}
 
 # the option of each group that conf/config.yaml picks
@@ -111,6 +113,11 @@ def data_root(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def option_keys(group: str, option: str) -> set[str]:
+    """The keys an option of a component group takes: its target's options and the group's extras."""
+    return set(group_spec(group, builtin()[group][option])) if group in builtin() else set()
+
+
 def option_yaml(group: str, option: str) -> dict:
     """The option's own values as written in conf/<group>/<option>.yaml (without its defaults list)."""
     raw = OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{option}.yaml"), resolve=False)
@@ -126,11 +133,11 @@ def _choice(overrides: list[str], group: str) -> str:
 def tiny_config(overrides: list[str], root, *, extra: list[str] = ()) -> dict:
     """Compose TINY plus overrides and extra (a key given twice keeps its last value), resolved to a dict."""
     present = []
-    for key, value in TINY_IF_PRESENT.items():
+    for key, value in {**TINY_IF_PRESENT, "dataset.root": str(root)}.items():
         group, leaf = key.split(".")
-        if leaf in option_yaml(group, _choice(overrides, group)):
+        if leaf in option_keys(group, _choice(overrides, group)):
             present.append(f"{key}={value}")
-    merged = {o.split("=", 1)[0]: o for o in [*TINY, *present, f"dataset.root={root}", *overrides, *extra]}
+    merged = {o.split("=", 1)[0]: o for o in [*TINY, *present, *overrides, *extra]}
     cfg = compose(list(merged.values()))
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
@@ -209,21 +216,20 @@ def test_option_composes_builds_and_takes_optimisation_steps(group, option, data
     cfg = tiny_config(overrides, data_root)
     # the composed config carries the option's own values, except the few that TINY shrinks
     raw = option_yaml(group, option)
-    if "name" in raw:
-        assert raw["name"] == option, f"conf/{group}/{option}.yaml is named {raw['name']!r}"
     shrunk = {o.split("=", 1)[0] for o in TINY} | set(TINY_IF_PRESENT) | {"dataset.root"}
     composed = OmegaConf.create(cfg)
     for key, value in _leaves(raw):
-        if f"{group}.{key}" in shrunk or (isinstance(value, str) and "${" in value):
+        if key == "_target_" or f"{group}.{key}" in shrunk or (isinstance(value, str) and "${" in value):
             continue  # interpolations are checked where they matter (dropout, tracking=server)
         assert OmegaConf.select(composed, f"{group}.{key}") == value, f"{group}.{key}"
 
     built = build(cfg)
     if group == "dataset":
-        assert built.data.name == option
         assert len(built.data.x_train) == 40
-    if group == "model":
-        assert type(built.model).__name__.lower() == option
+    if group in ("model", "loss"):
+        target = raw["_target_"]
+        made = built.model if group == "model" else built.trainer.loss_fn
+        assert f"{type(made).__module__}.{type(made).__qualname__}".endswith(target.rpartition(".")[2])
     if group == "augmentation":
         assert (built.trainer.augment is None) == (option == "none")
     train_and_check(built)
@@ -379,7 +385,7 @@ def expected_multipliers(s: dict, steps_per_epoch: int, epochs: int) -> list[flo
     out = []
     for t in range(total):
         e = t // steps_per_epoch
-        name = s["name"]
+        name = s["_target_"].rpartition(".")[2]
         if name in ("constant", "plateau"):  # plateau: no reduction before `patience` bad epochs
             m = 1.0
         elif name == "step":
@@ -450,8 +456,10 @@ def test_tracking_off_and_trainer_quick():
 
 
 # ------------------------------------------------------------------------------- shared model knobs
-KNOBS = ([("model.norm", v.value) for v in Norm] + [("model.activation", v.value) for v in Activation]
-         + [("model.init", v.value) for v in Init] + [("trainer.loss", v.value) for v in Loss])
+# every choice of every model option whose values are an enum (norm, activation, init), from the signatures
+KNOBS = sorted({(f"model.{key}", member.value) for model in MODELS
+                for key, opt in group_spec("model", builtin()["model"][model]).items()
+                if isinstance(opt.rule, type) and key != "pool" for member in opt.rule})
 # mlp has no feature maps for instance norm: test_instance_norm_on_mlp_is_a_clear_error
 KNOB_CASES = [(m, k, v) for m in MODELS for k, v in KNOBS if (m, k, v) != ("mlp", "model.norm", "instance")]
 
@@ -472,7 +480,7 @@ def typed_base(data_root):
 
     def get(model: str):
         if model not in cache:
-            hidden = "hidden" in option_yaml("model", model)
+            hidden = "hidden" in option_keys("model", model)
             present = [f"model.hidden={TINY_IF_PRESENT['model.hidden']}"] if hidden else []
             cache[model] = compose([*TINY, *present, f"dataset.root={data_root}", f"model={model}"])
         return copy.deepcopy(cache[model])
@@ -508,17 +516,21 @@ def test_instance_norm_on_mlp_is_a_clear_error(data_root):
 
 
 def test_hinge_loss_with_label_smoothing_is_a_clear_error(data_root):
-    with pytest.raises(ValueError, match="label_smoothing.*hinge"):
-        build(tiny_config(["trainer.loss=hinge", "regularization=label_smoothing"], data_root))
+    with pytest.raises(ConfigError, match="label_smoothing.*hinge"):
+        tiny_config(["loss=hinge", "regularization=label_smoothing"], data_root)
 
 
-@pytest.mark.parametrize(("key", "enum"), [("model.norm", Norm), ("model.activation", Activation),
-                                           ("model.init", Init), ("trainer.loss", Loss)])
+ENUM_KEYS = sorted({(key, opt.rule) for model in MODELS
+                    for key, opt in group_spec("model", builtin()["model"][model]).items()
+                    if isinstance(opt.rule, type) and key != "pool"}, key=lambda kv: kv[0])
+
+
+@pytest.mark.parametrize(("key", "enum"), ENUM_KEYS)
 def test_unknown_knob_value_lists_the_valid_ones(key, enum):
     with pytest.raises(ConfigError) as info:
-        compose([f"{key}=nope"])
+        compose([f"model.{key}=nope"])
     message = str(info.value)
-    assert key in message and all(v.value in message for v in enum)
+    assert f"model.{key}" in message and all(v.value in message for v in enum)
 
 
 # ----------------------------------------------------------------------------------- the loop

@@ -63,8 +63,7 @@ class DiagnosticsCallback(Callback):
         from dlx.diagnostics.layers import layer_stats
 
         if self._batch is None:
-            self._batch = fixed_subset(trainer.data.x_train, trainer.data.y_train, self.cfg["layers"]["samples"],
-                                       self.seed)
+            self._batch = fixed_subset(trainer.data.train, self.cfg["layers"]["samples"], self.seed)
         act, grad = layer_stats(trainer.model, trainer.eval_loss_fn, *self._batch)
         self.profiles[epoch] = (act, grad)
         metrics = {f"act_std/layer_{k}": v for k, v in enumerate(act)}
@@ -87,12 +86,12 @@ class DiagnosticsCallback(Callback):
             out.update({"final/train_loss": train["loss"], "final/train_acc": train["acc"],
                         "gap/acc": train["acc"] - test["acc"], "gap/loss": test["loss"] - train["loss"]})
         s = self.cfg["sharpness"]
-        if s["enabled"] and len(data.x_train):
+        if s["enabled"] and len(data.train):
             from dlx.diagnostics.common import fixed_subset
             from dlx.diagnostics.hessian import hessian_top_eig
             from dlx.diagnostics.sharpness import eps_sharpness
 
-            x, y = fixed_subset(data.x_train, data.y_train, s["samples"], self.seed)
+            x, y = fixed_subset(data.train, s["samples"], self.seed)
             t0 = time.perf_counter()
             eig, iters = hessian_top_eig(trainer.model, trainer.eval_loss_fn, x, y, iters=s["hessian_iters"],
                                          tol=s["hessian_tol"], seed=self.seed)

@@ -11,13 +11,13 @@ from torch import nn
 from dlx.losses import LossFn
 
 
-def fixed_subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`n` samples drawn once with `seed` (all of them when n >= len(x)), on the tensors' device."""
-    if n >= len(x):
-        return x, y
+def fixed_subset(split, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` samples of a split (dlx.data.batches: held or streamed) drawn once with `seed` (all of them when
+    n >= its length), on the split's device."""
+    if n >= len(split):
+        return split.take(torch.arange(len(split)))
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(x), generator=g)[:n].to(x.device)
-    return x[idx], y[idx]
+    return split.take(torch.randperm(len(split), generator=g)[:n])
 
 
 def chunks(x: torch.Tensor, y: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:

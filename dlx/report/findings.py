@@ -351,7 +351,8 @@ def batch_size_plots(client, report, out: Path) -> tuple[list[Path], list[str]]:
         data = build_data(cfg, torch.device("cpu"))
         model = build_model(cfg, data)
         line = interpolate(model, ca["trainer"]["model"], cb["trainer"]["model"], build_loss(cfg)[1],
-                           {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}, ALPHAS)
+                           {"train": data.train.take(torch.arange(len(data.train))),
+                            "test": data.test.take(torch.arange(len(data.test)))}, ALPHAS)
         for split in curves:
             for m in ("loss", "acc"):
                 curves[split][m].append(line[split][m])

@@ -1,0 +1,192 @@
+"""A user's own model, optimizer, loss, dataset and callbacks plug in through `_target_`, from the command
+line or from their own config folder; bad targets are one-line errors before any run; code named only by a
+stored configuration is never imported. Real `dlx` subprocesses, real Hydra, a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import all_runs, client_for, run_dlx
+
+FAST = ["trainer.epochs=2", "trainer.progress=plain", "dataset.train_subset=200", "diagnostics.gap=false"]
+
+USER_CODE = '''
+import math
+import os
+
+import torch
+from torch import nn
+
+if os.environ.get("IMPORT_MARK"):  # shows whether a process imported this module
+    with open(os.environ["IMPORT_MARK"], "a") as f:
+        f.write("imported\\n")
+
+
+class MyNet(nn.Module):
+    def __init__(self, input_shape, num_classes, hidden=32, wrong_shape=False):
+        super().__init__()
+        out = num_classes + 1 if wrong_shape else num_classes
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.Tanh(),
+                                 nn.Linear(hidden, out))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SignSGD(torch.optim.Optimizer):
+    def __init__(self, params, lr=0.01, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad.sign() + group["weight_decay"] * p, alpha=-group["lr"])
+
+
+def squared_error(logits, target):
+    onehot = torch.nn.functional.one_hot(target, logits.shape[-1]).float()
+    return ((logits - onehot) ** 2).mean()
+
+
+class CountEpochs:
+    def __init__(self, path):
+        self.path = path
+
+    def on_epoch_end(self, trainer, state, metrics):
+        with open(self.path, "a") as f:
+            f.write(f"{state.epoch}\\n")
+
+
+def blobs(n=300, centers=4, dim=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(centers, dim, generator=g) * 4
+    y = torch.arange(n) % centers
+    x = means[y] + torch.randn(n, dim, generator=g)
+    return {"train": (x[:240], y[:240]), "test": (x[240:], y[240:]), "num_classes": centers}
+'''
+
+
+@pytest.fixture
+def project(workdir: Path) -> Path:
+    (workdir / "mycode.py").write_text(USER_CODE)
+    return workdir
+
+
+def params_of(workdir: Path) -> dict[str, str]:
+    (run,) = all_runs(workdir)
+    assert run.info.status == "FINISHED"
+    return run.data.params
+
+
+def test_model_target_on_the_command_line_without_a_plus(project):
+    proc = run_dlx(["train", "trainer.epochs=5", "trainer.progress=none", "model._target_=mycode.MyNet",
+                    "+model.hidden=24"], project)
+    assert proc.returncode == 0, proc.stderr
+    p = params_of(project)
+    assert p["model._target_"] == "mycode.MyNet" and p["model.hidden"] == "24" and p["model.name"] == "MyNet"
+    assert "model.width" not in p  # the built-in option's keys do not reach the user's class
+    (run,) = all_runs(project)
+    assert run.data.metrics["test/acc"] > 0.5  # it trained: chance is 0.1
+
+
+def test_own_optimizer_loss_and_callback(project):
+    log = project / "epochs.txt"
+    proc = run_dlx(["train", *FAST, "optimizer._target_=mycode.SignSGD", "+optimizer.lr=0.002",
+                    "+optimizer.weight_decay=1e-4",
+                    "loss._target_=mycode.squared_error",
+                    f"trainer.callbacks=[{{_target_: mycode.CountEpochs, path: '{log}'}}]"], project)
+    assert proc.returncode == 0, proc.stderr
+    p = params_of(project)
+    assert p["optimizer._target_"] == "mycode.SignSGD" and p["loss._target_"] == "mycode.squared_error"
+    assert log.read_text().split() == ["1", "2"]
+
+
+def test_own_config_folder_with_model_and_dataset_options(project):
+    conf = project / "myconf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "dataset").mkdir()
+    (conf / "model" / "mynet.yaml").write_text("_target_: mycode.MyNet\nhidden: 16\n")
+    (conf / "dataset" / "blobs.yaml").write_text("_target_: mycode.blobs\ncenters: 3\nval_fraction: 0.2\n")
+    proc = run_dlx(["train", "--config-dir", str(conf), "model=mynet", "dataset=blobs", "model.hidden=12",
+                    "trainer.epochs=2", "trainer.progress=plain"], project)
+    assert proc.returncode == 0, proc.stderr
+    p = params_of(project)
+    assert p["model.hidden"] == "12" and p["dataset.centers"] == "3" and p["model.name"] == "mynet"
+    assert p["data.n_test"] == "60" and p["data.n_val"] == "48"  # 20% of the 240 training samples
+
+
+def test_spirals_takes_the_options_its_generator_has(workdir):
+    proc = run_dlx(["train", "dataset=spirals", "dataset.n_classes=3", "dataset.turns=1", "trainer.epochs=1",
+                    "trainer.progress=none", "tracking=off"], workdir)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["model._target_=nosuchmodule.Net"], "model._target_=nosuchmodule.Net: cannot import it: ModuleNotFoundError"),
+    (["model._target_=mycode.math"], "model._target_=mycode.math: not a class or function but a module"),
+    (["model._target_=mycode.MyNet", "+model.depth=3"], "model.depth: mycode.MyNet takes no option 'depth'"),
+    (["optimizer._target_=mycode.blobs"], "optimizer._target_=mycode.blobs"),
+    (["model._target_=mycode.MyNet", "+model.wrong_shape=true"], "a model must return logits of shape"),
+    (["loss._target_=mycode.CountEpochs", "+loss.path=x"], "loss._target_=mycode.CountEpochs: "),
+    (["loss._target_=mycode.CountEpochs"], "loss.path: mycode.CountEpochs needs this option"),
+])
+def test_a_bad_target_is_one_line_and_exit_2_with_nothing_in_the_store(project, args, expected):
+    proc = run_dlx(["train", "trainer.epochs=1", *args], project)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and all_runs(project) == []
+
+
+def test_resume_by_run_id_never_imports_code_the_command_does_not_name(project):
+    mark = project / "imports.txt"
+    env_args = ["train", *FAST, "model._target_=mycode.MyNet", "+model.hidden=8"]
+    assert run_dlx(env_args, project).returncode == 0
+    (run,) = all_runs(project)
+    from tests.conftest import dlx_env
+
+    env = dlx_env(IMPORT_MARK=str(mark))
+    proc = run_dlx(["train", f"trainer.resume={run.info.run_id}", "trainer.epochs=3"], project, env=env)
+    assert proc.returncode == 2 and "model._target_=mycode.MyNet" in proc.stderr, proc.stderr
+    assert "name it on the command line" in proc.stderr and not mark.exists()
+    # named again on this command line: it resumes
+    proc = run_dlx([*env_args[:1], "model._target_=mycode.MyNet", "+model.hidden=8",
+                    f"trainer.resume={run.info.run_id}", "trainer.epochs=3", "trainer.progress=plain"],
+                   project, env=env)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = all_runs(project)
+    assert run.info.status == "FINISHED" and len(client_for(project).get_metric_history(run.info.run_id,
+                                                                                       "val/acc")) == 3
+
+
+def test_report_never_imports_the_code_a_run_names(project):
+    from tests.conftest import dlx_env
+
+    assert run_dlx(["train", *FAST, "model._target_=mycode.MyNet"], project).returncode == 0
+    (run,) = all_runs(project)
+    mark = project / "imports.txt"
+    proc = run_dlx(["report", "dlx"], project, env=dlx_env(IMPORT_MARK=str(mark)))
+    assert proc.returncode == 0, proc.stderr
+    assert not mark.exists()
+
+
+def test_user_targets_in_a_sweep_nest_under_the_parent(project):
+    conf = project / "conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "model" / "mynet.yaml").write_text(textwrap.dedent("""\
+        _target_: mycode.MyNet
+        hidden: 16
+    """))
+    proc = run_dlx(["sweep", "--config-dir", str(conf), "model=mynet", "model.hidden=8,16", *FAST[:1],
+                    "trainer.progress=none", "dataset.train_subset=200"], project, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = all_runs(project)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and len(runs) == 3
+    assert sorted(r.data.params["model.hidden"] for r in children) == ["16", "8"]
+    assert all(r.info.status == "FINISHED" for r in runs)
