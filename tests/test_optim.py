@@ -1,6 +1,7 @@
 import copy
 import functools
 import inspect
+import io
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from dlx.lion import Lion
 from dlx.optim import (
     NOT_OPTIONS,
     create_optimizer,
@@ -354,3 +356,43 @@ def test_fused_update_is_the_multi_tensor_update(name):
     step_in_lockstep((model, opt), (twin, ref), steps=5)
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ Lion
+def test_lion_update_is_the_paper_s_on_two_steps():
+    """Chen et al. 2023, Program 1, by hand: c = b1*m + (1-b1)*g; p -= lr*(sign(c) + wd*p); m = b2*m + (1-b2)*g.
+    The gradients are chosen so that on the second step sign(c) is the momentum's against the gradient's in one
+    coordinate and exactly 0 in another."""
+    lr, b1, b2, wd = 0.1, 0.5, 0.75, 0.2
+    p = nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = Lion([p], lr=lr, betas=(b1, b2), weight_decay=wd)
+    grads = [[8.0, -4.0, 4.0], [-1.0, 1.0, -2.0]]
+    expect, m = [1.0, -2.0, 0.5], [0.0, 0.0, 0.0]
+    for g in grads:
+        c = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+        sign = [(ci > 0) - (ci < 0) for ci in c]
+        expect = [pi * (1 - lr * wd) - lr * si for pi, si in zip(expect, sign)]
+        m = [b2 * mi + (1 - b2) * gi for mi, gi in zip(m, g)]
+        p.grad = torch.tensor(g)
+        opt.step()
+    assert sign == [1, 0, -1]  # the second step's c = (0.5, 0, -0.5) against its gradient (-1, 1, -2)
+    torch.testing.assert_close(p.detach(), torch.tensor(expect), rtol=0, atol=1e-6)
+    torch.testing.assert_close(opt.state[p]["exp_avg"], torch.tensor(m), rtol=0, atol=1e-6)
+
+
+def test_lion_checks_its_own_options_and_resumes_from_its_state():
+    with pytest.raises(ValueError, match=r"lion.lr=0 is out of range: allowed > 0"):
+        Lion([nn.Parameter(torch.zeros(2))], lr=0)
+    model = make_mlp()
+    twin = copy.deepcopy(model)
+    opt = create_optimizer(factory_of("lion"), model)
+    step_in_lockstep((model, opt), steps=2)
+    twin.load_state_dict(model.state_dict())
+    resumed = create_optimizer(factory_of("lion"), twin)
+    saved = io.BytesIO()  # as a checkpoint holds it: torch.load(weights_only=True) takes Lion's state
+    torch.save(opt.state_dict(), saved)
+    saved.seek(0)
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
+    step_in_lockstep((model, opt), (twin, resumed), steps=2)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
