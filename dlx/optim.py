@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -77,9 +77,13 @@ def _optimizer_spec(cls: type[torch.optim.Optimizer]) -> dict[str, Option]:
     return out
 
 
-def option_problems(cls: type[torch.optim.Optimizer], options: dict[str, Any]) -> list[str]:
+def option_problems(target: Any, options: Mapping[str, Any]) -> list[str]:
     """The rules that join options, said before any data loads: torch's SGD refuses Nesterov momentum without
-    momentum or with dampening, in its constructor."""
+    momentum or with dampening, in its constructor. `target` is the class or its dotted `_target_`, already
+    imported by the checks before."""
+    from hydra.utils import get_object
+
+    cls = get_object(target) if isinstance(target, str) else target
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.SGD)):
         return []
     value = {name: options.get(name, opt.default) for name, opt in optimizer_spec(cls).items()}.get

@@ -192,6 +192,9 @@ def test_create_optimizer_refuses_out_of_range_options_naming_the_key():
         create_optimizer(factory_of("nesterov", dampening=0.1), make_mlp())
     with pytest.raises(ValueError, match=r"optimizer.momentum=0.0 is not allowed with nesterov: allowed > 0"):
         create_optimizer(factory_of("nesterov", momentum=0.0), make_mlp())
+    # the same rule for the config checks, which hold the dotted target
+    assert option_problems("torch.optim.SGD", {**read_option("nesterov"), "dampening": 0.5}) == [
+        "optimizer.dampening=0.5 is not allowed with nesterov: allowed 0"]
     with pytest.raises(ValueError, match=r"optimizer.betas=\[0.9\] is out of range"):
         create_optimizer(factory_of("adam", betas=[0.9]), make_mlp())
 
