@@ -1,7 +1,8 @@
 """Trial hygiene shared by dlx_local's in-process launcher and the pool's workers: a trial starts from
 the same process-wide state as the one before it, an interrupted trial stops the sweep, a failure
 crosses a process boundary recognisably and is classified by its type, and a trial's config is composed
-as Hydra's launchers do."""
+as Hydra's launchers do. Also the sweep's own guards: the signals it holds off while it records how it
+ended, and the resident memory it reports per trial."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import io
 import logging
 import os
 import pickle
+import signal
 from contextlib import contextmanager
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -152,3 +154,27 @@ def compose_trial(config_loader, config: DictConfig, idx: int, overrides: list[s
         sweep_config.hydra.job.id = idx
         sweep_config.hydra.job.num = idx
     return sweep_config
+
+
+@contextmanager
+def signals_ignored():
+    """Ctrl-C and SIGTERM wait while the sweep records how it ended (a few database writes)."""
+    try:
+        saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def rss_mb() -> float | None:
+    """Resident memory of the sweeping process (in-process trials must not make it grow)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -86,3 +87,31 @@ class SweepProgress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+def announce(study: str, method: str, *, left: int, total: int, objective: str, direction: str, batch_size: int,
+             pruner: str, resumed: bool, parent_run_id: str | None) -> None:
+    """The sweep's first line: what it runs and where it records it."""
+    at_once = f", {batch_size} at once" if batch_size > 1 else ""
+    pruned = f", pruner {pruner}" if pruner != "none" else ""
+    again = f" (resumed: {total - left} done)" if resumed else ""
+    parent = f"; parent run {parent_run_id}" if parent_run_id else ""
+    print(f"sweep {study}: {method}, {left} of {total} trials to run{at_once}{again}, "
+          f"objective {objective} ({direction}){pruned}{parent}", flush=True)
+
+
+def report(study: str, counts: dict, *, left: int, best: dict | None, interrupted: int | None, objective: str,
+           seconds: float, parent_run_id: str | None, sweep_dir: Path) -> None:
+    """The sweep's last lines: the counts, the best trial, where the summary is, how to continue."""
+    lines = [f"sweep {study}: {counts['ok']} ok, {counts['failed']} failed, "
+             f"{counts['pruned']} pruned" + (f", {left} left" if left else "") + f" ({seconds:.1f}s)"]
+    if best is not None:
+        where = " ".join(f"{k}={v}" for k, v in best["params"].items())
+        lines.append(f"best {objective}={best['value']:.4f}: trial {best['trial']} {where}"
+                     + (f" run {best['run_id']}" if best.get("run_id") else ""))
+    if parent_run_id is not None:
+        lines.append(f"parent run {parent_run_id} (dlx report {parent_run_id})")
+    lines.append(f"summary: {sweep_dir / 'summary.md'}")
+    if interrupted or left:
+        lines.append(f"continue with: dlx sweep --resume {study}")
+    print("\n".join(lines), flush=True)

@@ -13,25 +13,22 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-import signal
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from dlx.redact import command_line
-from dlx.sweep.hygiene import interrupt_code
-from dlx.sweep.progress import SweepProgress, TrialRecord
+from dlx.sweep.checks import key_of
+from dlx.sweep.hygiene import interrupt_code, rss_mb, signals_ignored
+from dlx.sweep.progress import SweepProgress, TrialRecord, announce, report
+from dlx.sweep.resume import LOCATORS
 from dlx.sweep.settings import default_storage, plan_total, resolve_method
 from dlx.sweep.space import parse_space, quote
 from dlx.sweep.study import DONE, METRICS_KEPT, outcome_of, summarize
 from dlx.sweep.tracking import TRIAL_TAG, ParentRun, check_parent
-
-# overrides that locate a sweep rather than define it: not part of the definition `--resume` compares
-LOCATORS = ("hydra.sweeper.study_name", "hydra.sweeper.resume", "hydra.sweep.dir", "hydra.mode")
 
 
 def run_sweep(sweeper, arguments: list[str]) -> dict:
@@ -66,7 +63,7 @@ class Sweep:
         jobs = (os.cpu_count() or 1) if jobs == -1 else jobs
         self.batch_size = self.s.batch_size or (jobs if isinstance(jobs, int) and jobs > 0 else 1)
         self.definition = [o for o in [*self.cfg.hydra.overrides.task, *self.cfg.hydra.overrides.hydra]
-                           if o.split("=", 1)[0].lstrip("+~") not in LOCATORS]
+                           if key_of(o) not in LOCATORS]
         self.study = self.parent = None
         self.todo: list[dict] | int = 0
         self.in_flight: dict[int, tuple[Any, float]] = {}  # trial number -> (trial, start), when streaming
@@ -178,7 +175,9 @@ class Sweep:
             left = len(self.todo) if isinstance(self.todo, list) else self.todo
             progress = SweepProgress(total=self.total, done=self.total - left, objective=self.objective,
                                      direction=self.direction)
-            self._announce(left)
+            announce(self.study.study_name, self.method, left=left, total=self.total, objective=self.objective,
+                     direction=self.direction, batch_size=self.batch_size, pruner=self.s.pruner,
+                     resumed=self.s.resume, parent_run_id=self.parent.run_id if self.parent else None)
             progress.start(best=self._best_value())
             interrupted, asked = None, []
             try:
@@ -191,11 +190,11 @@ class Sweep:
                             break
             except KeyboardInterrupt as exc:
                 interrupted = interrupt_code(exc)
-                with _signals_ignored():  # a second Ctrl-C must not cut the bookkeeping short
+                with signals_ignored():  # a second Ctrl-C must not cut the bookkeeping short
                     self._abandon([*asked, *(t for t, _ in self.in_flight.values())])
             finally:
                 progress.close()
-            with _signals_ignored():
+            with signals_ignored():
                 return self.finish(interrupted)
 
     def _abandon(self, trials: list) -> None:
@@ -323,7 +322,7 @@ class Sweep:
         from optuna.trial import TrialState
 
         attrs = {"dlx.outcome": record.outcome, "dlx.reason": record.reason[:2000], "dlx.seconds": record.seconds,
-                 "dlx.run_id": record.run_id, "dlx.log": record.log, "dlx.sweeper_rss_mb": _rss_mb()}
+                 "dlx.run_id": record.run_id, "dlx.log": record.log, "dlx.sweeper_rss_mb": rss_mb()}
         if metrics:
             attrs["dlx.metrics"] = {k: float(v) for k, v in metrics.items()
                                     if k in METRICS_KEPT and isinstance(v, (int, float))}
@@ -353,7 +352,9 @@ class Sweep:
         else:
             write_summary(rows, columns, self.sweep_dir)
         code = interrupted or (1 if counts["failed"] else 0)
-        self._report(counts, left, best, interrupted)
+        report(self.study.study_name, counts, left=left, best=best, interrupted=interrupted,
+               objective=self.objective, seconds=time.monotonic() - self.started,
+               parent_run_id=self.parent.run_id if self.parent else None, sweep_dir=self.sweep_dir)
         return {"code": code, "counts": counts, "left": left, "study": self.study.study_name,
                 "parent_run_id": self.parent.run_id if self.parent else None, "sweep_dir": str(self.sweep_dir),
                 "best": best}
@@ -363,50 +364,3 @@ class Sweep:
         if not values:
             return None
         return max(values) if self.direction == "maximize" else min(values)
-
-    def _announce(self, left: int) -> None:
-        at_once = f", {self.batch_size} at once" if self.batch_size > 1 else ""
-        pruner = f", pruner {self.s.pruner}" if self.s.pruner != "none" else ""
-        resumed = f" (resumed: {self.total - left} done)" if self.s.resume else ""
-        parent = f"; parent run {self.parent.run_id}" if self.parent else ""
-        print(f"sweep {self.study.study_name}: {self.method}, {left} of {self.total} trials to run{at_once}{resumed}, "
-              f"objective {self.objective} ({self.direction}){pruner}{parent}", flush=True)
-
-    def _report(self, counts: dict, left: int, best: dict | None, interrupted: int | None) -> None:
-        took = time.monotonic() - self.started
-        lines = [f"sweep {self.study.study_name}: {counts['ok']} ok, {counts['failed']} failed, "
-                 f"{counts['pruned']} pruned" + (f", {left} left" if left else "") + f" ({took:.1f}s)"]
-        if best is not None:
-            where = " ".join(f"{k}={v}" for k, v in best["params"].items())
-            lines.append(f"best {self.objective}={best['value']:.4f}: trial {best['trial']} {where}"
-                         + (f" run {best['run_id']}" if best.get("run_id") else ""))
-        if self.parent is not None:
-            lines.append(f"parent run {self.parent.run_id} (dlx report {self.parent.run_id})")
-        lines.append(f"summary: {self.sweep_dir / 'summary.md'}")
-        if interrupted or left:
-            lines.append(f"continue with: dlx sweep --resume {self.study.study_name}")
-        print("\n".join(lines), flush=True)
-
-
-@contextmanager
-def _signals_ignored():
-    """Ctrl-C and SIGTERM wait while the sweep records how it ended (a few database writes)."""
-    try:
-        saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
-def _rss_mb() -> float | None:
-    """Resident memory of the sweeping process (in-process trials must not make it grow)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        return None
