@@ -116,10 +116,20 @@ def train_help(overrides: list[str]) -> int:
         cfg = compose(overrides, check=False)
     except ConfigError as exc:
         return error(str(exc), 2)
-    groups = "\n".join(f"  {g}: {', '.join(list_options(g))}" for g in GROUPS)
-    print(f"usage: dlx train [group=option ...] [key=value ...] [--cfg job] [--hydra-help]\n\n"
+    from dlx.components import GROUPS as COMPONENTS
+    from dlx.components import chosen_options
+    from dlx.help import describe
+
+    groups = "\n".join(f"  {g}: {', '.join(list_options(g, overrides))}" for g in GROUPS)
+    chosen = chosen_options(overrides)
+    options = "\n".join(describe(g, chosen[g]) for g in COMPONENTS)
+    print(f"usage: dlx train [group=option ...] [key=value ...] [--config-dir DIR] [--cfg job] [--hydra-help]\n\n"
           f"== Configuration groups ==\nCompose your configuration from those groups (group=option;\n"
-          f"regularization and augmentation take lists: regularization=[l2,dropout])\n\n{groups}\n\n"
+          f"regularization and augmentation take lists: regularization=[l2,dropout]); --config-dir DIR adds\n"
+          f"your own options (DIR/<group>/<option>.yaml) and studies (DIR/study/<name>.yaml)\n\n{groups}\n\n"
+          f"== Options of the chosen components (key: default, allowed) ==\n"
+          f"Any component takes your own class instead: model._target_=mypkg.MyNet +model.hidden=64\n\n"
+          f"{options}\n\n"
           f"== Config ==\nOverride anything in the config (foo.bar=value)\n\n{OmegaConf.to_yaml(cfg)}")
     return 0
 

@@ -27,9 +27,6 @@ from dlx.config import ConfigError
 from dlx.options import Option, spec
 from dlx.options import problems as option_problems
 
-# Torch's switches that choose an implementation, not an update rule: dlx picks them (dlx.optim).
-_TORCH_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
-
 
 @dataclass(frozen=True)
 class Group:
@@ -45,7 +42,8 @@ class Group:
 GROUPS: dict[str, Group] = {g.name: g for g in (
     Group("dataset", (), "dlx.data:split_options"),
     Group("model", ("input_shape", "num_classes")),
-    Group("optimizer", ("params", *_TORCH_SWITCHES), "dlx.optim:param_group_options"),
+    # torch's implementation switches (foreach, fused) are not options either: dlx.optim.NOT_OPTIONS
+    Group("optimizer", ("params",), "dlx.optim:param_group_options", "dlx.optim:option_problems"),
     Group("scheduler", ("optimizer", "steps_per_epoch", "epochs"), "dlx.schedule:warmup_options",
           "dlx.schedule:option_problems"),
     Group("loss", ()),
@@ -113,22 +111,28 @@ def register() -> None:
 
 
 # ------------------------------------------------------------------------------------------ the command line
-def expand_targets(overrides: list[str]) -> list[str]:
-    """`model._target_=X` (accepted without a `+`) swaps the group's option for a bare node holding the target,
-    so the built-in option's keys do not reach the user's class; `+model.hidden=64` then adds its options.
-    A target that is the chosen built-in option's own leaves the option in place."""
-    chosen = {}
+def chosen_options(overrides: list[str]) -> dict[str, str]:
+    """group -> the option an override list picks for each component group (conf/config.yaml's otherwise)."""
+    chosen = {g: _default_option(g) for g in GROUPS}
     for o in overrides:
         key, _, value = o.partition("=")
         if key.lstrip("+~") in GROUPS:
             chosen[key.lstrip("+~")] = value
+    return chosen
+
+
+def expand_targets(overrides: list[str]) -> list[str]:
+    """`model._target_=X` (accepted without a `+`) swaps the group's option for a bare node holding the target,
+    so the built-in option's keys do not reach the user's class; `+model.hidden=64` then adds its options.
+    A target that is the chosen built-in option's own leaves the option in place."""
+    chosen = chosen_options(overrides)
     out = list(overrides)
     for o in overrides:
         key, _, value = o.partition("=")
         group, _, leaf = key.lstrip("+").partition(".")
         if leaf != "_target_" or group not in GROUPS:
             continue
-        option = chosen.get(group) or _default_option(group)
+        option = chosen[group]
         if builtin().get(group, {}).get(option) == value:
             continue
         out = [x for x in out if x.partition("=")[0].lstrip("+~") != group]
@@ -167,12 +171,17 @@ def locate(target: Any, key: str) -> Callable:
     return obj
 
 
+def extra_keys(group: str) -> set[str]:
+    """The keys dlx itself reads for every option of the group (its extras function's options)."""
+    g = GROUPS[group]
+    return set(spec(_object(g.extras))) if g.extras else set()
+
+
 def options_of(group: str, node: Mapping) -> tuple[dict, dict]:
     """(the target's options, dlx's extras of the group) of a resolved component node."""
-    g = GROUPS[group]
-    extra_keys = set(spec(_object(g.extras))) if g.extras else set()
-    opts = {k: v for k, v in node.items() if k != "_target_" and k not in extra_keys}
-    return opts, {k: v for k, v in node.items() if k in extra_keys}
+    extra_keys_ = extra_keys(group)
+    opts = {k: v for k, v in node.items() if k != "_target_" and k not in extra_keys_}
+    return opts, {k: v for k, v in node.items() if k in extra_keys_}
 
 
 def problems(cfg: Mapping) -> list[str]:

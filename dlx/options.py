@@ -96,8 +96,10 @@ class Option:
 
     def allowed(self) -> str:
         if isinstance(self.rule, type) and issubclass(self.rule, enum.Enum):
-            return ", ".join(m.value for m in self.rule)
-        return str(self.rule) if self.rule is not None else ""
+            text = ", ".join(m.value for m in self.rule)
+        else:
+            text = str(self.rule) if self.rule is not None else ""
+        return f"null or {text}" if text and _optional(self.type) else text
 
     def ok(self, value: Any) -> bool:
         if value is None and _optional(self.type):

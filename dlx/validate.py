@@ -63,9 +63,6 @@ def validate(cfg: DictConfig) -> None:
     problems, reported = [], {}
     for key in sorted(OmegaConf.missing_keys(cfg)):  # ??? in a schema: an option without a default
         problems.append(f"{key} is required: add {key}=VALUE")
-    if problems:
-        raise ConfigError(problems[0] if len(problems) == 1 else
-                          f"{len(problems)} problems in the configuration:\n  " + "\n  ".join(problems))
     for key, (ok, allowed) in _RULES.items():
         value = OmegaConf.select(cfg, key, default="__absent__")
         if value == "__absent__":

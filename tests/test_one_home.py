@@ -59,6 +59,7 @@ def test_component_yaml_holds_only_deltas_and_composes_to_the_signature(group, o
         if isinstance(expected, str) and expected.startswith("${"):
             continue  # follows another key
         expected = expected.value if isinstance(expected, enum.Enum) else expected
+        expected = "???" if expected is dataclasses.MISSING else expected  # required: OmegaConf's MISSING
         assert composed[key] == expected, f"{group}={option}: {key}"
 
 
@@ -107,3 +108,19 @@ def test_every_range_and_choice_is_checked_before_any_data_loads(group, option, 
         compose([f"{group}={option}", f"{group}.{key}={shown}"])
     message = str(info.value)
     assert f"{group}.{key}" in message and spec[key].allowed() in message, message
+
+
+def test_the_readme_table_is_the_one_the_signatures_give():
+    from dlx.help import readme_section
+
+    readme = (config_dir().parent / "README.md").read_text()
+    assert readme_section(readme) == readme, "run `python -m dlx.help --readme` and commit README.md"
+
+
+def test_the_readme_names_every_option_of_every_group():
+    readme = (config_dir().parent / "README.md").read_text()
+    table = readme[readme.index("| group | options |"):readme.index("Every default, allowed value")]
+    rows = {line.split("|")[1].strip(" `"): line for line in table.splitlines()[2:] if line.startswith("| `")}
+    for group in [*GROUPS, *FIXED_GROUPS]:
+        missing = [o for o in list_options(group) if f"`{o}`" not in rows[group]]
+        assert not missing, f"README's table lacks {group} options {missing}"
