@@ -35,7 +35,7 @@ def prepare(overrides: list[str]) -> list[str]:
     """The overrides to hand Hydra, after composing enough combinations to find any bad input."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from dlx.compose import check_hydra_overrides
+    from dlx.compose import check_hydra_overrides, user_config_dirs
     from dlx.config import ConfigError
     from dlx.store_check import probe as probe_store
     from dlx.sweep.settings import SweepSettings, resolve_method
@@ -50,9 +50,10 @@ def prepare(overrides: list[str]) -> list[str]:
     task_part = [o.input_line for o in parsed if not o.is_hydra_override()]
     check_hydra_overrides(argv)  # what dlx train also checks: only the hydra.* keys dlx documents
     _check_hydra_overrides([o for o in parsed if o.is_hydra_override()])
-    _check_study([o for o in parsed if o.key_or_group == "study"])
+    _check_study([o for o in parsed if o.key_or_group == "study"], user_config_dirs(argv))
+    search = [o for o in hydra_part if key_of(o) == "hydra.searchpath"]  # --config-dir: every combination needs it
     loader = _config_loader()  # glob(...) sweeps list a group's options through it
-    first = check_values(parse_space(task_part, loader))[0]
+    first = [*search, *check_values(parse_space(task_part, loader))[0]]
     cfg = _compose_with_hydra(first, hydra_part)
     settings = SweepSettings.create(cfg.hydra.sweeper)
     params = [f"{k}={v}" for k, v in (settings.params or {}).items()]
@@ -61,7 +62,7 @@ def prepare(overrides: list[str]) -> list[str]:
     if not cfg.dataset.val_fraction > 0:
         raise ConfigError(f"hydra.sweeper.objective={settings.objective} needs a validation split: "
                           f"dataset.val_fraction must be > 0")
-    compose_all(check_values(space))
+    compose_all([[*search, *combo] for combo in check_values(space)])
     probe_store(cfg.tracking)  # before any trial or parent run: seconds, not minutes of MLflow's retries
     return argv
 
@@ -151,23 +152,25 @@ def _check_hydra_overrides(parsed) -> None:
                 raise ConfigError(f"{o.input_line}: {str(exc).strip().splitlines()[0]}") from None
 
 
-def _check_study(parsed) -> None:
+def _check_study(parsed, user_dirs=()) -> None:
     from dlx.config import ConfigError
 
-    studies = list_studies()
+    studies = list_studies(user_dirs)
     for o in parsed:
         if o.value() not in studies:
             raise ConfigError(f"study={o.value()}: no such study; valid: {', '.join(studies) or 'none'}")
 
 
-def list_studies() -> dict[str, dict]:
-    """Every conf/study/<name>.yaml: name -> its study node."""
+def list_studies(user_dirs=()) -> dict[str, dict]:
+    """Every conf/study/<name>.yaml, and study/<name>.yaml of the folders --config-dir adds: name -> its
+    study node (a user's study of the same name comes first, as Hydra's search path finds it)."""
     from omegaconf import OmegaConf
 
     from dlx.compose import config_dir
 
     out = {}
-    for path in sorted((config_dir() / "study").glob("*.yaml")):
+    paths = [p for d in [*user_dirs, config_dir()] for p in sorted((d / "study").glob("*.yaml"))]
+    for path in reversed(paths):
         node = OmegaConf.load(path).get("study") or {}
         out[path.stem] = OmegaConf.to_container(node) if node else {}
     return out

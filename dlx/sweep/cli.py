@@ -68,7 +68,12 @@ def sweep_main(args: list[str]) -> int:
         print(SWEEP_USAGE.replace("HYDRA_ALLOWED", textwrap.fill(allowed, 104)))
         return 0
     overrides, resume, name, trust = [], False, None, False
-    rest = [a for a in args if a not in ("-m", "--multirun")]  # a sweep is a multirun anyway
+    try:
+        from dlx.compose import expand_config_dir
+
+        rest = [a for a in expand_config_dir(args) if a not in ("-m", "--multirun")]  # a sweep is a multirun
+    except ConfigError as exc:
+        return error(str(exc))
     for i, a in enumerate(rest):
         if a == "--resume":
             resume = True
@@ -85,6 +90,9 @@ def sweep_main(args: list[str]) -> int:
             raise ConfigError("--trust-stored: only with --resume, which replays a study's stored overrides")
         if resume:
             overrides = resume_overrides(name, overrides, trust=trust)
+        from dlx.components import expand_targets
+
+        overrides = expand_targets(overrides)
         _start_workers_early(overrides)
         argv = prepare(overrides)
     except ConfigError as exc:
@@ -143,7 +151,16 @@ def run_hydra(argv: list[str], shown: list[str]) -> int:
 
 
 def study_main(args: list[str]) -> int:
-    studies = list_studies()
+    from dlx.compose import expand_config_dir, user_config_dirs
+    from dlx.config import ConfigError
+
+    try:
+        expanded = expand_config_dir(args)
+    except ConfigError as exc:
+        return error(str(exc))
+    search = [a for a in expanded if a.startswith("hydra.searchpath=")]
+    args = [a for a in expanded if a not in search]
+    studies = list_studies(user_config_dirs(search))
     if not args or args[0] in ("-h", "--help", "list"):
         width = max((len(n) for n in studies), default=0)
         print("usage: dlx study <name> [override ...] [--resume]   (a ready-made sweep; overrides as in dlx sweep)"
@@ -152,5 +169,5 @@ def study_main(args: list[str]) -> int:
     name, rest = args[0], args[1:]
     if name not in studies:
         return error(f"dlx study {name}: no such study; valid: {', '.join(studies) or 'none'} (dlx study lists them)")
-    return sweep_main([f"+study={name}", *rest])
+    return sweep_main([*search, f"+study={name}", *rest])
 
