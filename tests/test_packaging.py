@@ -4,6 +4,7 @@ composes from it outside the source tree; `dlx --help` answers without importing
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import site
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,11 +60,25 @@ def is_inside(path: Path, root: Path) -> bool:
 
 # ---------------------------------------------------------------- the wheel
 
-def test_wheel_ships_the_configs_and_an_installed_dlx_composes_from_them(tmp_path):
+@dataclass(frozen=True)
+class Installed:
+    """dlx built as a wheel and installed, not editable, into a fresh venv outside the checkout."""
+
+    wheel: Path
+    venv: Path
+    python: Path
+    dlx: Path  # the venv's console script
+    env: dict
+
+
+@functools.cache  # keyed by the session's temporary folder: the suite builds and installs the wheel once
+def installed_dlx(basetemp: Path) -> Installed:
     pytest.importorskip("hatchling")
     pytest.importorskip("pip")
     env = clean_env()
-    dist = tmp_path / "dist"
+    root = basetemp / "dlx-wheel"
+    root.mkdir()
+    dist = root / "dist"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
          "--no-cache-dir", "--disable-pip-version-check", str(REPO), "-w", str(dist)],
@@ -70,10 +86,44 @@ def test_wheel_ships_the_configs_and_an_installed_dlx_composes_from_them(tmp_pat
     assert build.returncode == 0, f"building the wheel failed\n{build.stdout}\n{build.stderr}"
     wheels = sorted(dist.glob("dlx-*.whl"))
     assert len(wheels) == 1, f"expected one dlx wheel, found {[w.name for w in dist.iterdir()]}"
-    wheel = wheels[0]
-    assert wheel.name.startswith(f"dlx-{project_version()}-")
 
-    with zipfile.ZipFile(wheel) as zf:
+    # a fresh environment holding only the wheel's dlx; the dependencies come from this interpreter's
+    # site-packages through a plain path line, which does not run that directory's own .pth files
+    # (an editable install of the checkout stays off sys.path)
+    venv = root / "venv"
+    made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True,
+                          timeout=180, env=env)
+    assert made.returncode == 0, made.stderr
+    vpython, vdlx = venv / "bin" / "python", venv / "bin" / "dlx"
+    install = subprocess.run(
+        [str(vpython), "-m", "pip", "install", "--no-deps", "--no-index", "--no-cache-dir",
+         "--disable-pip-version-check", str(wheels[0])],
+        capture_output=True, text=True, timeout=180, env=env)
+    assert install.returncode == 0, f"installing the wheel failed\n{install.stdout}\n{install.stderr}"
+    purelib = subprocess.run([str(vpython), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, timeout=60, env=env, check=True).stdout.strip()
+    deps = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+    lines = list(dict.fromkeys(d for d in deps if Path(d).is_dir() and Path(d) != Path(purelib)))
+    (Path(purelib) / "zz_dlx_test_dependencies.pth").write_text("\n".join(lines) + "\n")
+    return Installed(wheels[0], venv, vpython, vdlx, env)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Installed:
+    return installed_dlx(tmp_path_factory.getbasetemp())
+
+
+def imported_from(installed: Installed, module: str, cwd: Path) -> Path:
+    """Where the venv's interpreter, started in cwd, imports a module from."""
+    proc = subprocess.run([str(installed.python), "-c", f"import {module}; print({module}.__file__)"], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, env=installed.env)
+    assert proc.returncode == 0, proc.stderr
+    return Path(proc.stdout.strip())
+
+
+def test_wheel_ships_the_configs_and_the_console_script(installed):
+    assert installed.wheel.name.startswith(f"dlx-{project_version()}-")
+    with zipfile.ZipFile(installed.wheel) as zf:
         names = set(zf.namelist())
         entry_points = next((zf.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")), "")
     assert "dlx/conf/config.yaml" in names
@@ -86,51 +136,36 @@ def test_wheel_ships_the_configs_and_an_installed_dlx_composes_from_them(tmp_pat
         assert any(n.startswith(f"dlx/conf/{group}/") and n.endswith(".yaml") for n in names), group
     assert not any(n.startswith("conf/") for n in names), "conf/ must ship inside the package, as dlx/conf"
     assert re.search(r"^dlx\s*=\s*dlx\.cli:entry\s*$", entry_points, re.MULTILINE), entry_points
+    assert installed.dlx.is_file(), "the wheel installs no `dlx` console script"
 
-    # a fresh environment holding only the wheel's dlx; the dependencies come from this interpreter's
-    # site-packages through a plain path line, which does not run that directory's own .pth files
-    # (an editable install of the checkout stays off sys.path)
-    venv = tmp_path / "venv"
-    made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True,
-                          timeout=180, env=env)
-    assert made.returncode == 0, made.stderr
-    vpython, vdlx = venv / "bin" / "python", venv / "bin" / "dlx"
-    install = subprocess.run(
-        [str(vpython), "-m", "pip", "install", "--no-deps", "--no-index", "--no-cache-dir",
-         "--disable-pip-version-check", str(wheel)],
-        capture_output=True, text=True, timeout=180, env=env)
-    assert install.returncode == 0, f"installing the wheel failed\n{install.stdout}\n{install.stderr}"
-    assert vdlx.is_file(), "the wheel installs no `dlx` console script"
-    purelib = subprocess.run([str(vpython), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, timeout=60, env=env, check=True).stdout.strip()
-    deps = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
-    lines = list(dict.fromkeys(d for d in deps if Path(d).is_dir() and Path(d) != Path(purelib)))
-    (Path(purelib) / "zz_dlx_test_dependencies.pth").write_text("\n".join(lines) + "\n")
 
+def test_an_installed_dlx_composes_from_its_own_configs(installed, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     assert not is_inside(outside, REPO)
+    env = installed.env
 
     where = subprocess.run(
-        [str(vpython), "-c", "import dlx, dlx.compose; print(dlx.__file__); print(dlx.compose.config_dir())"],
+        [str(installed.python), "-c",
+         "import dlx, dlx.compose; print(dlx.__file__); print(dlx.compose.config_dir())"],
         cwd=outside, capture_output=True, text=True, timeout=120, env=env)
     assert where.returncode == 0, where.stderr
     package_file, conf_dir = (Path(line) for line in where.stdout.strip().splitlines())
-    assert is_inside(package_file, venv) and not is_inside(package_file, REPO), package_file
-    assert is_inside(conf_dir, venv) and not is_inside(conf_dir, REPO), conf_dir
+    assert is_inside(package_file, installed.venv) and not is_inside(package_file, REPO), package_file
+    assert is_inside(conf_dir, installed.venv) and not is_inside(conf_dir, REPO), conf_dir
     assert conf_dir.name == "conf" and conf_dir.parent.name == "dlx", conf_dir
     assert (conf_dir / "config.yaml").is_file()
 
-    job = subprocess.run([str(vdlx), "train", "--cfg", "job"], cwd=outside, capture_output=True, text=True,
-                         timeout=180, env=env)
+    job = subprocess.run([str(installed.dlx), "train", "--cfg", "job"], cwd=outside, capture_output=True,
+                         text=True, timeout=180, env=env)
     assert job.returncode == 0, f"{job.stdout}\n{job.stderr}"
     assert re.search(r"^model:$", job.stdout, re.MULTILINE), job.stdout
     assert re.search(r"^optimizer:$", job.stdout, re.MULTILINE), job.stdout
     cfg = yaml.safe_load(job.stdout)
-    assert cfg["dataset"]["name"] == "digits" and cfg["model"]["name"] == "mlp"
+    assert cfg["dataset"]["_target_"] == "dlx.data.digits" and cfg["model"]["_target_"] == "dlx.models.MLP", cfg
     assert not (outside / "outputs").exists(), "printing the config must not create a run directory"
 
-    version = subprocess.run([str(vdlx), "--version"], cwd=outside, capture_output=True, text=True,
+    version = subprocess.run([str(installed.dlx), "--version"], cwd=outside, capture_output=True, text=True,
                              timeout=60, env=env)
     assert version.returncode == 0 and version.stdout.strip() == f"dlx {project_version()}", version
 
@@ -261,12 +296,13 @@ def test_train_cfg_job_prints_the_composed_defaults(tmp_path):
     cfg = yaml.safe_load(proc.stdout)
     assert isinstance(cfg, dict), proc.stdout
     assert set(GROUPS) <= set(cfg), f"groups missing from the composed config: {set(GROUPS) - set(cfg)}"
-    assert cfg["dataset"]["name"] == "digits"
-    assert cfg["model"]["name"] == "mlp"
+    assert cfg["dataset"]["_target_"] == "dlx.data.digits"
+    assert cfg["model"]["_target_"] == "dlx.models.MLP"
     defaults = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())["defaults"]
     chosen = {k: v for d in defaults if isinstance(d, dict) for k, v in d.items()}
-    assert cfg["optimizer"]["name"] == chosen["optimizer"]
-    assert cfg["scheduler"]["name"] == chosen["scheduler"]
+    for group in ("optimizer", "scheduler"):
+        option = yaml.safe_load((REPO / "conf" / group / f"{chosen[group]}.yaml").read_text())
+        assert cfg[group]["_target_"] == option["_target_"], (group, cfg[group])
     assert cfg["seed"] == 0 and "hydra" not in cfg
     assert not (tmp_path / "outputs").exists(), "--cfg job must not create a run directory"
 
@@ -276,9 +312,10 @@ def test_train_cfg_job_applies_overrides(tmp_path):
                    timeout=120)
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load(proc.stdout)
-    assert cfg["model"]["name"] == "cnn"
-    assert cfg["optimizer"]["name"] == "sgd" and cfg["optimizer"]["lr"] == pytest.approx(0.05)
-    assert cfg["dataset"]["name"] == "digits"
+    assert cfg["model"]["_target_"] == "dlx.models.CNN"
+    assert cfg["optimizer"]["_target_"] == "torch.optim.SGD" and cfg["optimizer"]["lr"] == pytest.approx(0.05)
+    assert cfg["optimizer"]["momentum"] == 0  # sgd.yaml, not momentum.yaml, which shares SGD as its target
+    assert cfg["dataset"]["_target_"] == "dlx.data.digits"
 
 
 
