@@ -203,7 +203,6 @@ def test_pool_runs_trials_on_two_worker_processes_in_order(workdir, method):
     pids = trial_pids(text)
     assert sorted(pids) == [0, 1, 2, 3]
     assert len(set(pids.values())) == 2, pids
-    assert results[0]["torch"] is None  # the parent never imports torch: the workers do, once each
     assert {r.info.status for r in runs_by_trial(workdir).values()} == {"FINISHED"}
     assert all(not alive(pid) for pid in pids.values())  # the pool closed with the app
     assert workers_in(workdir) == []  # and the zygote with it

@@ -226,7 +226,7 @@ class WorkerPool:
             for conn in wait([w.recv_conn for w in self.workers]):
                 worker = next(w for w in self.workers if w.recv_conn is conn)
                 try:
-                    message = conn.recv()
+                    message = pickle.loads(conn.recv_bytes())  # cloudpickle's output (dlx.sweep.worker._tell_parent)
                 except (EOFError, OSError):
                     startup_failures = startup_failures + 1 if not worker.ready and worker.job is None else 0
                     failed: dict[int, JobReturn] = {}

@@ -128,7 +128,7 @@ def serve(inbox_fd: int, outbox_fd: int, parent: int) -> None:
     import torch
 
     torch.set_num_threads(init["threads"])  # the pool's share of the cores
-    outbox.send(("ready", os.getpid()))
+    _tell_parent(outbox, ("ready", os.getpid()))
     while True:
         try:
             job = inbox.recv()
@@ -151,9 +151,15 @@ def serve(inbox_fd: int, outbox_fd: int, parent: int) -> None:
 
 def _tell_parent(outbox: Connection, message: tuple) -> None:
     """Send to the sweep; when it is gone (SIGKILL) there is nobody to tell: the trial's run is closed in
-    the store, and a resumed sweep reads its outcome there. Leave quietly."""
+    the store, and a resumed sweep reads its outcome there. Leave quietly.
+
+    With cloudpickle, as the pool sends the task function: a JobReturn holds the trial's config, whose
+    schema classes are made at run time (dlx.options.schema) and which plain pickle cannot find by name."""
+    import cloudpickle
+
+    blob = cloudpickle.dumps(message)
     try:
-        outbox.send(message)
+        outbox.send_bytes(blob)
     except (BrokenPipeError, ConnectionResetError):
         _leave()
 
