@@ -135,56 +135,78 @@ def train_help(overrides: list[str]) -> int:
 
 
 def _run_hydra(args: list[str]) -> int:
-    """Hydra composes the configuration once and run.train checks it once, before any data loads. When
-    Hydra cannot compose it, its own report is replaced by dlx's one line naming the bad override."""
-    import io
+    """One composition, one check, then the job. dlx composes the configuration (with Hydra's node) and checks
+    it before anything is written; only then does Hydra's run_job make the run's folder and logging and call
+    the task, as `@hydra.main` would. The flags that inspect rather than run (--cfg, --info, ...) go to
+    `@hydra.main` itself."""
+    if _INSPECT_FLAGS.intersection(args):
+        return _hydra_main(args)
+    import copy
 
-    import hydra
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext, RunMode
+    from omegaconf import open_dict, read_write
 
     from dlx import run
-    from dlx.compose import added_key_problems, compose, config_dir
-    from dlx.config import ConfigError, register_configs
+    from dlx.compose import compose
+    from dlx.config import ConfigError
 
-    register_configs()
-    outcome = {"code": 0, "started": False}
-    overrides = [a for a in args if not a.startswith("-")]
-    inspect_only = bool(_INSPECT_FLAGS.intersection(args))
-    stderr = sys.stderr
+    try:
+        cfg = compose(args, check=False, hydra_config=True)
+        task_cfg = copy.deepcopy(cfg)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        run.preflight(task_cfg)  # on a copy: the run resolves its own, after telling set values from followed
+    except ConfigError as exc:
+        return error(str(exc), 2)
+    except run.RunError as exc:
+        return error(str(exc), exc.exit_code)
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.RUN
+    outcome = {"code": 0}
 
-    @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-    def task(cfg):
-        outcome["started"] = True
-        sys.stderr = stderr
+    def task(job_cfg):
         try:
-            problems = added_key_problems(overrides)  # Hydra's `+key` adds even into a typed group
-            if problems:
-                raise run.RunError("\n".join(problems), 2)
-            run.train(cfg, command=["dlx", "train", *args])
+            run.train(job_cfg, command=["dlx", "train", *args], checked=True)
         except run.RunError as exc:
             outcome["code"] = exc.exit_code
             print(f"dlx: {'error: ' if exc.exit_code == 2 else ''}{exc}", file=sys.stderr)
 
+    done = run_job(task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
+                   hydra_context=HydraContext(config_loader=None, callbacks=_NoHydraCallbacks()))
+    _ = done.return_value  # re-raises what the task raised beyond a RunError
+    return outcome["code"]
+
+
+class _NoHydraCallbacks:
+    """Hydra's job callbacks: dlx refuses hydra.callbacks (they name code), so there are none to call."""
+
+    def on_job_start(self, **_) -> None: ...
+
+    def on_job_end(self, **_) -> None: ...
+
+
+def _hydra_main(args: list[str]) -> int:
+    import hydra
+
+    from dlx.compose import config_dir
+    from dlx.config import register_configs
+
+    register_configs()
+
+    @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+    def task(cfg):
+        raise AssertionError("only the inspecting flags reach Hydra's main")  # they return before the task
+
     saved = sys.argv
     sys.argv = ["dlx-train", *args]
-    hydra_said = io.StringIO()
-    if not inspect_only:
-        sys.stderr = hydra_said
     try:
         task()
-    except SystemExit as exc:  # Hydra exits 1 after printing an error it caught itself
-        if outcome["started"] or inspect_only:
-            return exc.code if isinstance(exc.code, int) else 1
-        sys.stderr = stderr
-        try:
-            compose(overrides, check=False)
-        except ConfigError as explained:
-            return error(str(explained), 2)
-        print(hydra_said.getvalue(), end="", file=sys.stderr)
+    except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.argv = saved
-        sys.stderr = stderr
-    return outcome["code"]
+    return 0
 
 
 def cmd_sweep(args: list[str]) -> int:

@@ -14,6 +14,8 @@ the user named it: targets of dlx's own conf/ are trusted; any other target must
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import functools
 import importlib
 import inspect
@@ -206,8 +208,9 @@ def problems(cfg: Mapping) -> list[str]:
             joint = getattr(fn, "option_problems", None)  # a built-in's rules that join its options
             if joint is not None and not found:
                 found += joint(options)
-        else:
+        else:  # the user's own: its options bind to its signature and keep the ranges it states there
             found += _signature_problems(group, target, fn, options)
+            found += option_problems(spec(fn, skip=GROUPS[group].fixed), options, group) if not found else []
         rules = GROUPS[group].rules
         if rules and not found:
             found += _object(rules)(target, {**options, **extras})
@@ -251,6 +254,17 @@ def untrusted(stored: Mapping, current: Mapping) -> list[str]:
         if isinstance(cb, Mapping) and cb.get("_target_") not in named and cb.get("_target_") not in trusted_targets():
             out.append(f"trainer.callbacks[{i}]._target_={cb.get('_target_')}")
     return out
+
+
+def fill_extras(cfg: dict) -> None:
+    """Give each component node the keys dlx reads for its group (a user's dataset option need not list
+    val_fraction): with their defaults, from the extras function's signature, so the run records what it used."""
+    for group, g in GROUPS.items():
+        node = cfg.get(group)
+        if g.extras and isinstance(node, dict):
+            for name, opt in spec(_object(g.extras)).items():
+                if name not in node and opt.default is not dataclasses.MISSING:
+                    node[name] = opt.default.value if isinstance(opt.default, enum.Enum) else opt.default
 
 
 def component_names(cfg: Mapping, choices: Mapping[str, str]) -> dict[str, str]:

@@ -180,7 +180,9 @@ def unknown_keys(parsed) -> list[str]:
     Hydra's `+key=value` appends even into a typed (dataclass) node, so this also runs on configs that
     composed fine; free-form dicts such as tracking.tags still accept new keys.
     """
-    group_choices = [o.input_line for o in parsed if o.key_or_group in GROUPS or "/" in o.key_or_group]
+    # what decides the base's shape: group choices, a study (it changes groups), the --config-dir search path
+    group_choices = [o.input_line for o in parsed if o.key_or_group in (*GROUPS, "study", "hydra.searchpath")
+                     or "/" in o.key_or_group]
     base = _compose_plain([c for c in group_choices if not c.startswith("~")])
     problems = []
     for o in parsed:

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import dlx
+from dlx.components import fill_extras
 from dlx.compose import check_config
 from dlx.config import ConfigError
 from dlx.errors import Pruned, RunError, Terminated  # noqa: F401 - re-exported: dlx.run.RunError
@@ -87,20 +88,32 @@ def hydra_runtime() -> tuple[Path, list[str], dict[str, str]]:
 
 # ---------------------------------------------------------------------------------------------- callbacks
 # ---------------------------------------------------------------------------------------------- the job
-def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
-    """Run one training job; returns the final metrics. Raises RunError with the exit code on failure.
-    `command` is what the user typed, e.g. ["dlx", "train", "model=cnn"], tagged on the run (default: sys.argv)."""
-    # as composed, before check_config resolves it in place: resume tells a value this command sets from
-    # one that follows another key through an interpolation
-    composed = OmegaConf.to_container(cfg)
+def preflight(cfg: DictConfig) -> None:
+    """The checks before any data loads: the configuration (resolved in place) and the store's address;
+    RunError with exit code 2 for the first that fails."""
     try:
         check_config(cfg)
         probe_store(cfg.tracking)  # seconds, not minutes of retries, before any data loads
     except ConfigError as exc:
         raise RunError(str(exc), 2) from None
+
+
+def train(cfg: DictConfig, command: list[str] | None = None, *, checked: bool = False) -> dict[str, Any]:
+    """Run one training job; returns the final metrics. Raises RunError with the exit code on failure.
+    `command` is what the user typed, e.g. ["dlx", "train", "model=cnn"], tagged on the run (default: sys.argv);
+    `checked`: the caller ran preflight on this configuration already (dlx train does, before the run's folder
+    exists)."""
+    # as composed, before check_config resolves it in place: resume tells a value this command sets from
+    # one that follows another key through an interpolation
+    composed = OmegaConf.to_container(cfg)
+    if checked:
+        OmegaConf.resolve(cfg)
+    else:
+        preflight(cfg)
     run_dir, overrides, choices = hydra_runtime()
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    fill_extras(resolved)
     checkpoint = None
     if resolved["trainer"]["resume"]:  # the file, its run and its configuration checked, or exit 2
         resolved, checkpoint = prepare_resume(resolved, overrides, run_dir, composed)

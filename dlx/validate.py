@@ -78,7 +78,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and value not in METRIC_NAMES:
             problems.append(f"{key}={value} is not a metric dlx logs per epoch: allowed {', '.join(METRIC_NAMES)}")
-    if cfg.regularization.early_stopping.enabled and cfg.dataset.val_fraction == 0:
+    if cfg.regularization.early_stopping.enabled and OmegaConf.select(cfg, "dataset.val_fraction") == 0:
         problems.append("regularization.early_stopping needs a validation split: dataset.val_fraction must be > 0")
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     found = component_problems(plain)

@@ -16,7 +16,7 @@ import torch
 from conftest import QUICK, all_runs, run_dlx
 
 from dlx.compose import list_options
-from dlx.config import Norm
+from dlx.models import Norm
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
 
@@ -169,7 +169,7 @@ BUILD_CASES = [
     (["model=resnet", "model.depth=9"], ["model.depth=9", "6n+2", "8, 14, 20"]),
     (["model=cnn", "model.depth=0"], ["model.depth=0", ">= 1"]),
     (["model=mlp", "model.norm=instance"], ["model.norm=instance", "model=cnn / model=resnet", "layer"]),
-    (["trainer.loss=hinge", "regularization=label_smoothing"], ["regularization.label_smoothing", "hinge"]),
+    (["loss=hinge", "regularization=label_smoothing"], ["regularization.label_smoothing", "hinge"]),
     (["scheduler=onecycle", "scheduler.warmup_epochs=1"], ["onecycle", "warmup_epochs"]),
     (["dataset=moons", "augmentation=flip_crop"], ["'flip'", "'crop'", "(2,)"]),
     (["dataset.train_subset=100000"], ["train_subset=100000", "at most 1294"]),

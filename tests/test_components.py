@@ -190,3 +190,39 @@ def test_user_targets_in_a_sweep_nest_under_the_parent(project):
     assert len(children) == 2 and len(runs) == 3
     assert sorted(r.data.params["model.hidden"] for r in children) == ["16", "8"]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+COUNT_CHECKS = '''
+import sys
+import dlx.compose, dlx.run, dlx.validate
+calls = {"compose": 0, "validate": 0}
+def counted(module, name):
+    inner = getattr(module, name)
+    def wrapper(*args, **kwargs):
+        calls[name] += 1
+        return inner(*args, **kwargs)
+    setattr(module, name, wrapper)
+counted(dlx.compose, "compose")
+counted(dlx.compose, "validate")  # check_config calls it through the name it imported
+from dlx.cli import main
+code = main(sys.argv[1:])
+print("CALLS", calls["compose"], calls["validate"], code)
+'''
+
+
+def test_dlx_train_composes_and_checks_its_config_once(workdir):
+    """dlx composes the run's configuration (with Hydra's node) once and checks it once, before Hydra's run_job
+    makes the run's folder; before, `dlx train` composed it twice and checked it twice."""
+    import subprocess
+    import sys
+
+    from tests.conftest import dlx_env
+
+    def calls(*args):
+        proc = subprocess.run([sys.executable, "-c", COUNT_CHECKS, "train", *args], cwd=workdir, env=dlx_env(),
+                              capture_output=True, text=True, timeout=240)
+        line = next(line for line in proc.stdout.splitlines() if line.startswith("CALLS"))
+        return tuple(int(v) for v in line.split()[1:])
+
+    assert calls("trainer.epochs=1", "trainer.progress=none", "tracking=off") == (1, 1, 0)
+    assert calls("model=nope") == (1, 0, 2)

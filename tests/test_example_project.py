@@ -79,9 +79,6 @@ def test_a_sweep_over_the_user_model_nests_under_its_parent_and_dlx_report_print
     assert sorted(rows, key=int) == ["2", "16"], report
 
 
-@pytest.mark.xfail(strict=True, reason="dlx.compose.unknown_keys composes its base config without the "
-                   "hydra.searchpath of --config-dir and without +study=..., so the study's model.hidden is "
-                   "looked up in dlx's mlp: 'model.hidden: no such key in model'")
 def test_the_project_s_own_study_runs(installed, project):
     # one seed of the study's three: its two widths, the study's own settings and tags
     ok(dlx(installed, project, "study", "--config-dir", "conf", "width", "hydra.sweeper.params.seed='0'",
@@ -95,8 +92,6 @@ def test_the_project_s_own_study_runs(installed, project):
     assert "width" in report.stdout and "model.hidden" in report.stdout, report.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="same cause as the study: with --config-dir, a +key is checked "
-                   "against dlx's own option (Hydra's 'Could not find model/mynet', exit 1)")
 def test_an_option_the_yaml_does_not_list_is_added_with_a_plus(installed, project):
     ok(dlx(installed, project, "train", *USER, "+model.activation=tanh", *FAST[:1], "trainer.epochs=1",
            "trainer.progress=none"))
@@ -104,8 +99,6 @@ def test_an_option_the_yaml_does_not_list_is_added_with_a_plus(installed, projec
     assert run.data.params["model.activation"] == "tanh"
 
 
-@pytest.mark.xfail(strict=True, reason="a user target's Annotated ranges are not checked (components.problems "
-                   "binds a user target's options to its signature only): MyNet(hidden=0) trains")
 def test_a_value_outside_the_user_signature_s_range_is_one_line_and_exit_2(installed, project):
     proc = dlx(installed, project, "train", *USER, "model.hidden=0", "trainer.epochs=1", "trainer.progress=none",
                "tracking=off")  # nothing to store either way: spares MLflow's start while the check is missing
@@ -113,8 +106,6 @@ def test_a_value_outside_the_user_signature_s_range_is_one_line_and_exit_2(insta
     assert proc.returncode == 2 and len(lines) == 1 and "model.hidden=0" in lines[0], proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="dlx.sweep.checks.prepare reads cfg.dataset.val_fraction, which a user "
-                   "dataset YAML without a schema lacks: a traceback (ConfigAttributeError), not a sweep")
 def test_a_sweep_over_a_user_dataset_that_leaves_dlx_s_keys_at_their_defaults(installed, project):
     option = project / "conf" / "dataset" / "mydata.yaml"
     option.write_text("".join(line for line in option.read_text().splitlines(keepends=True)

@@ -109,7 +109,26 @@ def data_root(tmp_path_factory):
     cache.parent.mkdir()
     np.savez(cache, x=rng.normal(size=(N_TRAIN, 40)).astype(np.float32), y=_labels(N_TRAIN),
              x_test=rng.normal(size=(N_TEST, 40)).astype(np.float32), y_test=_labels(N_TEST))
+
+    # the data-without-code options: an .npz, a table and an image folder of the same size
+    np.savez(root / "data.npz", x_train=rng.normal(size=(N_TRAIN, 6)).astype(np.float32), y_train=_labels(N_TRAIN),
+             x_test=rng.normal(size=(N_TEST, 6)).astype(np.float32), y_test=_labels(N_TEST))
+    rows = [f"{a:.3f},{b:.3f},c{k}" for a, b, k in zip(rng.normal(size=N_TRAIN + N_TEST),
+                                                      rng.normal(size=N_TRAIN + N_TEST), _labels(N_TRAIN + N_TEST))]
+    (root / "table.csv").write_text("a,b,kind\n" + "\n".join(rows) + "\n")
+    from PIL import Image
+
+    for i, k in enumerate(_labels(N_TRAIN + N_TEST)):
+        folder = root / "images" / f"class{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_images(rng, 1, (8, 8))[0]).save(folder / f"{i}.png")
     return root
+
+
+def file_options(root) -> dict[str, str]:
+    """The keys the data-without-code options need, pointing at data_root's files."""
+    return {"dataset.path": {"npz": root / "data.npz", "csv": root / "table.csv", "image_folder": root / "images"},
+            "dataset.label": "kind", "dataset.size": "8", "dataset.root": str(root)}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -133,10 +152,11 @@ def _choice(overrides: list[str], group: str) -> str:
 def tiny_config(overrides: list[str], root, *, extra: list[str] = ()) -> dict:
     """Compose TINY plus overrides and extra (a key given twice keeps its last value), resolved to a dict."""
     present = []
-    for key, value in {**TINY_IF_PRESENT, "dataset.root": str(root)}.items():
+    for key, value in {**TINY_IF_PRESENT, **file_options(root)}.items():
         group, leaf = key.split(".")
-        if leaf in option_keys(group, _choice(overrides, group)):
-            present.append(f"{key}={value}")
+        option = _choice(overrides, group)
+        if leaf in option_keys(group, option):
+            present.append(f"{key}={value[option] if isinstance(value, dict) else value}")
     merged = {o.split("=", 1)[0]: o for o in [*TINY, *present, *overrides, *extra]}
     cfg = compose(list(merged.values()))
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -216,7 +236,7 @@ def test_option_composes_builds_and_takes_optimisation_steps(group, option, data
     cfg = tiny_config(overrides, data_root)
     # the composed config carries the option's own values, except the few that TINY shrinks
     raw = option_yaml(group, option)
-    shrunk = {o.split("=", 1)[0] for o in TINY} | set(TINY_IF_PRESENT) | {"dataset.root"}
+    shrunk = {o.split("=", 1)[0] for o in TINY} | set(TINY_IF_PRESENT) | set(file_options(data_root))
     composed = OmegaConf.create(cfg)
     for key, value in _leaves(raw):
         if key == "_target_" or f"{group}.{key}" in shrunk or (isinstance(value, str) and "${" in value):
@@ -482,7 +502,7 @@ def typed_base(data_root):
         if model not in cache:
             hidden = "hidden" in option_keys("model", model)
             present = [f"model.hidden={TINY_IF_PRESENT['model.hidden']}"] if hidden else []
-            cache[model] = compose([*TINY, *present, f"dataset.root={data_root}", f"model={model}"])
+            cache[model] = compose([*TINY, *present, f"model={model}"])
         return copy.deepcopy(cache[model])
 
     return get

@@ -17,8 +17,9 @@ from omegaconf import OmegaConf
 
 from dlx.build import build
 from dlx.compose import compose, list_options
-from dlx.config import ConfigError, Norm, TrainerConfig
+from dlx.config import ConfigError, TrainerConfig
 from dlx.engine import Diverged, NonFiniteLoss, TrainState, train_batches
+from dlx.models import Norm
 
 BASE = ["tracking=off", "trainer.progress=none", "trainer.device=cpu", "trainer.epochs=1", "model.width=8"]
 MERGED = "joins the batch before it"

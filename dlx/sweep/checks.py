@@ -59,7 +59,13 @@ def prepare(overrides: list[str]) -> list[str]:
     params = [f"{k}={v}" for k, v in (settings.params or {}).items()]
     space = parse_space([*params, *task_part], loader)
     resolve_method(settings.method, space)
-    if not cfg.dataset.val_fraction > 0:
+    from omegaconf import OmegaConf
+
+    from dlx.data import split_options
+    from dlx.options import spec
+
+    # a user's dataset option may leave val_fraction to its default, whose home is split_options' signature
+    if not OmegaConf.select(cfg, "dataset.val_fraction", default=spec(split_options)["val_fraction"].default) > 0:
         raise ConfigError(f"hydra.sweeper.objective={settings.objective} needs a validation split: "
                           f"dataset.val_fraction must be > 0")
     compose_all([[*search, *combo] for combo in check_values(space)])
