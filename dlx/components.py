@@ -161,13 +161,10 @@ def locate(target: Any, key: str) -> Callable:
         raise ConfigError(f"{key}: a dotted path to a class or function is required, e.g. mypkg.MyNet")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())  # after the installed packages: a local file never shadows one
-    from hydra.utils import get_object
-
     try:
-        obj = get_object(target)
+        obj = _import(target)
     except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, or whatever the module raised
-        cause = exc.__cause__ or exc
-        raise ConfigError(f"{key}={target}: cannot import it: {type(cause).__name__}: {_first(cause)}") from None
+        raise ConfigError(f"{key}={target}: cannot import it: {type(exc).__name__}: {_first(exc)}") from None
     if not callable(obj):
         raise ConfigError(f"{key}={target}: not a class or function but a {type(obj).__name__}")
     return obj
@@ -177,6 +174,26 @@ def extra_keys(group: str) -> set[str]:
     """The keys dlx itself reads for every option of the group (its extras function's options)."""
     g = GROUPS[group]
     return set(spec(_object(g.extras))) if g.extras else set()
+
+
+def _import(path: str) -> Any:
+    """The object at a dotted path (package.module.Class.attr): the longest prefix that is a module, then its
+    attributes. (Hydra's own locator logs an error of its own before raising.)"""
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        module = ".".join(parts[:cut])
+        try:
+            obj = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and not module.startswith(exc.name):
+                raise  # the module exists and failed on an import of its own
+            if cut == 1:
+                raise
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(path)
 
 
 def options_of(group: str, node: Mapping) -> tuple[dict, dict]:

@@ -184,6 +184,9 @@ def unknown_keys(parsed) -> list[str]:
     group_choices = [o.input_line for o in parsed if o.key_or_group in (*GROUPS, "study", "hydra.searchpath")
                      or "/" in o.key_or_group]
     base = _compose_plain([c for c in group_choices if not c.startswith("~")])
+    from dlx.components import chosen_options
+
+    chosen = chosen_options([o.input_line for o in parsed])
     problems = []
     for o in parsed:
         key = o.key_or_group
@@ -195,7 +198,8 @@ def unknown_keys(parsed) -> list[str]:
             continue
         if o.is_add() and not _is_typed(node):
             continue
-        where = f"'{parent}'" + (f" ({node.name})" if "name" in node else "") if parent else "the top level"
+        option = chosen.get(parent.split(".")[0])
+        where = f"'{parent}'" + (f" ({option})" if option else "") if parent else "the top level"
         valid = ", ".join(sorted(str(k) for k in node.keys()))
         problems.append(f"{key}: no such key in {where}; valid keys: {valid}")
     return problems

@@ -243,7 +243,7 @@ def test_options_are_checked_from_the_signatures():
         create_dataset("moons", val_fraction=1.0)
     with pytest.raises(DatasetError, match="dataset.split_seed=-1 is out of range"):
         create_dataset("moons", split_seed=-1)
-    with pytest.raises(DatasetError, match="dataset.train_subset=0 is out of range: allowed >= 1"):
+    with pytest.raises(DatasetError, match="dataset.train_subset=0 is out of range: allowed null or >= 1"):
         create_dataset("moons", train_subset=0)
     with pytest.raises(DatasetError, match="dataset.stream='sometimes' is not valid: allowed auto, on, off"):
         create_dataset("moons", stream="sometimes")
