@@ -32,6 +32,45 @@ def run_dlx(args: list[str], cwd: Path, *, timeout: float = 240, env: dict | Non
     return proc
 
 
+# Each case runs dlx's command line (dlx.cli.main, as the `dlx` program does) in a folder of its own, with
+# copies of `files`; the cases share one process, so torch, Hydra and MLflow are imported once for all.
+_BATCH = """
+import contextlib, io, json, os, shutil, sys, traceback
+from dlx.cli import main
+out, top = {}, os.getcwd()
+cases, files = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+for i, args in enumerate(cases):
+    here = os.path.join(top, f"case{i}")
+    os.makedirs(here)
+    for f in files:
+        shutil.copy(f, here)
+    os.chdir(here)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(args)
+        except BaseException:
+            traceback.print_exc()
+            code = -1
+    os.chdir(top)
+    left = sorted(os.path.relpath(os.path.join(d, f), here) for d, _, fs in os.walk(here) for f in fs)
+    out[json.dumps(args)] = [code, err.getvalue(), left]
+print("RESULTS " + json.dumps(out))
+"""
+
+
+def run_cli_batch(cases: list[list[str]], cwd: Path, files: list[Path] = ()) -> dict[str, list]:
+    """json.dumps(args) -> [exit code, stderr, files left in its folder] for each `dlx ARGS` case, run by
+    dlx's own main() in one process, each case in a fresh folder under cwd holding copies of `files`."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", _BATCH, json.dumps(cases), json.dumps([str(f) for f in files])],
+                          cwd=cwd, env=dlx_env(), capture_output=True, text=True, timeout=600)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")), None)
+    assert line is not None, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads(line.removeprefix("RESULTS "))
+
+
 def store_uri(workdir: Path) -> str:
     return f"sqlite:///{workdir / 'outputs' / 'mlflow.db'}"
 

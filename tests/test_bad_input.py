@@ -13,7 +13,7 @@ import re
 
 import pytest
 import torch
-from conftest import QUICK, all_runs, run_dlx
+from conftest import QUICK, all_runs, run_cli_batch, run_dlx
 
 from dlx.compose import list_options
 from dlx.models import Norm
@@ -28,20 +28,45 @@ def valid_list(stderr: str, after: str) -> list[str]:
     return [name.strip() for name in match.group(1).split(",")]
 
 
+_RESULTS: dict[str, list] = {}
+_LEFT: dict[str, list[str]] = {}  # workdir -> what a case left in its folder
+
+
 def config_error(args: list[str], workdir) -> str:
-    """Run dlx train args; assert it failed as a config error that left nothing behind; return stderr."""
-    proc = run_dlx(["train", *args], workdir, timeout=120)
-    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith("dlx: "), proc.stderr
-    assert all_runs(workdir) == []
-    return proc.stderr
+    """dlx train args; assert it failed as a config error that left no store behind; return stderr."""
+    import json
+
+    key = json.dumps(["train", *args])
+    if key in _RESULTS:
+        code, stderr, left = _RESULTS[key]
+    else:  # a case of its own: `dlx train` as a subprocess in the test's folder
+        proc = run_dlx(["train", *args], workdir, timeout=120)
+        code, stderr, left = proc.returncode, proc.stderr, [str(p.relative_to(workdir)) for p in workdir.rglob("*")]
+        assert all_runs(workdir) == []
+    assert code == 2, f"exit {code}\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    assert stderr.startswith("dlx: "), stderr
+    assert "mlflow.db" not in " ".join(left), left
+    _LEFT[str(workdir)] = left
+    return stderr
 
 
 def assert_nothing_ran(workdir) -> None:
-    """Rejected while composing: Hydra never started, so no run directory, store or data exists."""
-    assert not (workdir / "outputs").exists()
-    assert not (workdir / "data").exists()
+    """Rejected while composing: no run directory, store or data exists."""
+    left = _LEFT.get(str(workdir), [])
+    assert not [p for p in left if p.startswith(("outputs", "data"))], left
+
+
+@pytest.fixture(scope="module", autouse=True)
+def the_cases(tmp_path_factory):
+    """Every case of this file at once, in one process (see BATCH)."""
+    cases = [["optimizer=adamm"], ["optimizer.lrr=0.1"], ["+optimizer.lrr=0.1"], *([c[0]] for c in RANGE_CASES),
+             ["optimizer.lr=0", "trainer.batch_size=0", "model.width=0"], ["dataset=mnist", "optimizer.lr=0"],
+             ["foo=bar"], ["model=cnn", "model.widht=3"], ["optimizer=sgd", "optimizer.betas=[0.9,0.99]"],
+             ["trainer.checkpoint.monitor=val/accuracy"], ["-m", "optimizer=adam,sgd"], ["optimizer.lr=abc"],
+             ["model.norm=foo"], *([*a, "dataset=mnist", "trainer.progress=none"] for a, _ in BUILD_CASES[:5]),
+             *([*a, "trainer.epochs=1", "trainer.progress=none"] for a, _ in BUILD_CASES)]
+    _RESULTS.update(run_cli_batch([["train", *c] for c in cases], tmp_path_factory.mktemp("bad_input")))
 
 
 # ------------------------------------------------------------------------- unknown options and keys

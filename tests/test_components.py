@@ -126,7 +126,7 @@ def test_spirals_takes_the_options_its_generator_has(workdir):
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize(("args", "expected"), [
+BAD_TARGETS = [
     (["model._target_=nosuchmodule.Net"], "model._target_=nosuchmodule.Net: cannot import it: ModuleNotFoundError"),
     (["model._target_=mycode.math"], "model._target_=mycode.math: not a class or function but a module"),
     (["model._target_=mycode.MyNet", "+model.depth=3"], "model.depth: mycode.MyNet takes no option 'depth'"),
@@ -134,13 +134,35 @@ def test_spirals_takes_the_options_its_generator_has(workdir):
     (["model._target_=mycode.MyNet", "+model.wrong_shape=true"], "a model must return logits of shape"),
     (["loss._target_=mycode.CountEpochs", "+loss.path=x"], "loss._target_=mycode.CountEpochs: "),
     (["loss._target_=mycode.CountEpochs"], "loss.path: mycode.CountEpochs needs this option"),
-])
-def test_a_bad_target_is_one_line_and_exit_2_with_nothing_in_the_store(project, args, expected):
-    proc = run_dlx(["train", "trainer.epochs=1", *args], project)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and expected in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr and all_runs(project) == []
+]
+
+
+@pytest.fixture(scope="module")
+def bad_targets(tmp_path_factory):
+    """Every bad-target case run by dlx's main() in one process, each in a folder with the user's code."""
+    from tests.conftest import run_cli_batch
+
+    top = tmp_path_factory.mktemp("bad_targets")
+    (top / "mycode.py").write_text(USER_CODE)
+    return run_cli_batch([["train", "trainer.epochs=1", *args] for args, _ in BAD_TARGETS], top, [top / "mycode.py"])
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_TARGETS)
+def test_a_bad_target_is_one_line_and_exit_2_with_nothing_in_the_store(bad_targets, args, expected):
+    import json
+
+    code, stderr, left = bad_targets[json.dumps(["train", "trainer.epochs=1", *args])]
+    assert code == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], stderr
+    assert "Traceback" not in stderr and not any("mlflow.db" in f for f in left), left
+
+
+def test_a_bad_target_from_the_dlx_program(project):
+    """The same, through the `dlx` program itself: exit code and stderr as a user sees them."""
+    proc = run_dlx(["train", "model._target_=mycode.MyNet", "+model.wrong_shape=true"], project)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "model._target_=mycode.MyNet: returned (2, 11)" in proc.stderr and all_runs(project) == []
 
 
 def test_resume_by_run_id_never_imports_code_the_command_does_not_name(project):
