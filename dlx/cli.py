@@ -47,9 +47,8 @@ def entry() -> NoReturn:
     the way they expect (threading's exit hook stops concurrent.futures workers, such as the compile
     workers torch.compile starts, before non-daemon threads are joined; then the atexit handlers).
 
-    Before that exit the heap is frozen out of the garbage collector: tearing down the modules of torch,
-    MLflow and matplotlib otherwise spent ~1.3 s (3.3 s on a busy machine) collecting objects that the
-    process is about to return anyway; frozen, the exit takes ~0.2 s. Exit handlers still run."""
+    Before that exit the heap is frozen out of the garbage collector, which would otherwise spend the exit
+    collecting objects the process is about to return anyway (bench/README.md); exit handlers still run."""
     try:
         code = main()
     except SystemExit as exc:

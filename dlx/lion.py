@@ -20,7 +20,7 @@ class Lion(torch.optim.Optimizer):
     uses an lr 3-10x smaller than AdamW's, and a weight decay as many times larger, to keep lr * weight_decay.
     """
 
-    @checked
+    @checked("optimizer", skip=("params",))
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], *,
                  lr: Annotated[float, RANGES["lr"]] = 1e-4,
                  betas: Annotated[tuple[float, float], RANGES["betas"]] = (0.9, 0.99),

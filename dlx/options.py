@@ -203,16 +203,27 @@ def problems(options: Mapping[str, Option], values: Mapping[str, Any], prefix: s
     return out
 
 
-def checked(fn: Callable) -> Callable:
-    """Check the call's options against fn's own signature: a direct Python call refuses what the config
-    checks refuse, from the same rules."""
-    options = spec(fn)
+def checked(group: str, *, skip: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Decorate a component's __init__ (or function): each call's options are checked against its own signature,
+    and then against its class's `option_problems(options)` (rules joining options), so a direct Python call
+    refuses what the config checks refuse, with the same messages naming `group.<option>`."""
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        found = problems(options, kwargs, prefix=fn.__qualname__.split(".")[0].lower())
-        if found:
-            raise ValueError("; ".join(found))
-        return fn(*args, **kwargs)
+    def decorate(fn: Callable) -> Callable:
+        signature, options = inspect.signature(fn), spec(fn, skip=skip)
 
-    return wrapper
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = {k: v for k, v in bound.arguments.items() if k in options}
+            found = problems(options, values, group)
+            joint = getattr(args[0], "option_problems", None) if args and "self" in signature.parameters else None
+            if not found and joint is not None:  # one message per mistake: joint rules once each value is valid
+                found = joint(values)
+            if found:
+                raise ValueError("; ".join(found))
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -301,7 +301,7 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a schedule re-created with the same arguments; the next `step_batch` continues the run."""
-        _same_name(state, self.name)
+        same_name(state, self.name)
         if len(state["base_lrs"]) != len(self.optimizer.param_groups):
             raise ValueError(
                 f"state has {len(state['base_lrs'])} base lrs but the optimizer has "
@@ -317,59 +317,18 @@ class LRSchedule:
             self._apply(self.last_step)
 
 
-class TorchSchedule:
-    """A torch.optim.lr_scheduler scheduler behind LRSchedule's interface. It is stepped once per epoch (at the
-    first step of the next epoch, so step_batch alone drives it and a resume lands where it left off), or once
-    per step when its signature takes steps_per_epoch (OneCycleLR); ReduceLROnPlateau steps in step_epoch on the
-    `val/loss` of the epoch."""
-
-    def __init__(self, name: str, scheduler: LRScheduler, *, steps_per_epoch: int, per_batch: bool):
-        self.name, self.scheduler, self.optimizer = name, scheduler, scheduler.optimizer
-        self.steps_per_epoch, self.per_batch = steps_per_epoch, per_batch
-        self.monitor = TORCH_PLATEAU_MONITOR if isinstance(scheduler, ReduceLROnPlateau) else None
-        self.last_step = -1
-
-    def step_batch(self, step: int) -> None:
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        self.last_step = step
-        if self.monitor is None:
-            due = step if self.per_batch else step // self.steps_per_epoch
-            while self.scheduler.last_epoch < due:
-                self.scheduler.step()
-
-    def step_epoch(self, epoch: int, metric: float | None = None) -> None:
-        if self.monitor is None:
-            return
-        if metric is None:
-            raise ValueError(f"scheduler {self.name!r} needs the {self.monitor!r} metric in step_epoch")
-        self.scheduler.step(float(metric))
-
-    @property
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
-    def state_dict(self) -> dict:
-        return {"name": self.name, "last_step": self.last_step, "torch": self.scheduler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        _same_name(state, self.name)
-        self.scheduler.load_state_dict(state["torch"])
-        self.last_step = int(state["last_step"])
-
-
 def _raise(found: list[str]) -> None:
     if found:
         raise ValueError("; ".join(found))
 
 
-def _same_name(state: dict, name: str) -> None:
+def same_name(state: dict, name: str) -> None:
     if state.get("name") != name:
         raise ValueError(f"state is for scheduler {state.get('name')!r}, this schedule is {name!r}")
 
 
 def create_scheduler(factory: Callable, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int,
-                     mode_for: Callable[[str], str] | None = None, **warmup: float) -> LRSchedule | TorchSchedule:
+                     mode_for: Callable[[str], str] | None = None, **warmup: float) -> LRSchedule:
     """Lay the schedule `factory` makes over a run for `optimizer`, whose group lrs become the base (peak, for
     onecycle) lrs. `factory` is what hydra.utils.instantiate(node, _partial_=True) gives for the scheduler node: a
     partial of a function returning a `Shape` (dlx's schedules) or of a torch.optim.lr_scheduler class, made with
@@ -390,6 +349,8 @@ def create_scheduler(factory: Callable, optimizer: torch.optim.Optimizer, *, ste
         per_batch = "steps_per_epoch" in inspect.signature(fn).parameters
         extra = {"steps_per_epoch": steps_per_epoch, "epochs": epochs} if per_batch else {}
         made = factory(optimizer, **{k: v for k, v in extra.items() if k not in options})
+        from dlx.torch_schedule import TorchSchedule
+
         return TorchSchedule(name, made, steps_per_epoch=steps_per_epoch, per_batch=per_batch)
     shape = factory()
     if not isinstance(shape, Shape):

@@ -384,7 +384,7 @@ def test_lion_update_is_the_paper_s_on_two_steps():
 
 
 def test_lion_checks_its_own_options_and_resumes_from_its_state():
-    with pytest.raises(ValueError, match=r"lion.lr=0 is out of range: allowed > 0"):
+    with pytest.raises(ValueError, match=r"optimizer.lr=0 is out of range: allowed > 0"):
         Lion([nn.Parameter(torch.zeros(2))], lr=0)
     model = make_mlp()
     twin = copy.deepcopy(model)

@@ -21,13 +21,12 @@ download=, mirror=)`, ...) and the file readers `npz(path=)`, `csv(path=, label=
 
 from dlx.data.augment import BatchAugment, create_augmentation, list_augmentations
 from dlx.data.batches import StreamSplit, TensorSplit
-from dlx.data.builtin import BUILTIN, cifar10, digits, fashion_mnist, mnist, mnist1d, moons, spirals
+from dlx.data.builtin import cifar10, digits, fashion_mnist, mnist, mnist1d, moons, spirals
 from dlx.data.files import csv, image_folder, npz
 from dlx.data.source import Source, Stream, prepare, split_options
 from dlx.data.splits import DatasetError, DataSplits
 
 __all__ = [
-    "BUILTIN",
     "BatchAugment",
     "DataSplits",
     "DatasetError",

@@ -67,5 +67,3 @@ def cifar10(*, root: str = "data", download: bool = False, mirror: Mirror = None
     return Source(train=(data["x_train"], data["y_train"]), test=(data["x_test"], data["y_test"]), num_classes=10,
                   name="cifar10", scale=1.0 / 255.0)
 
-
-BUILTIN = (cifar10, digits, fashion_mnist, mnist, mnist1d, moons, spirals)

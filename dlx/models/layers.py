@@ -8,11 +8,10 @@ The str-Enums below are the one home of each option's allowed names: the config 
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import Enum
 from typing import Annotated, TypeVar
 
@@ -124,25 +123,8 @@ def check_io(input_shape: Sequence[int], num_classes: int) -> tuple[int, ...]:
 NOT_OPTIONS = tuple(inspect.signature(check_io).parameters)
 
 
-def checked_options(init: Callable) -> Callable:
-    """Decorate a model's __init__: its options are checked against its own signature (ranges and
-    choices, through dlx.options) and its class's ``option_problems`` before anything is built, so a
-    direct Python call refuses what the config checks refuse, with the same messages."""
-    signature = inspect.signature(init)
-    spec = options.spec(init, skip=NOT_OPTIONS)
-
-    @functools.wraps(init)
-    def wrapper(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        values = {k: v for k, v in bound.arguments.items() if k in spec}
-        # joint rules only once every value is valid on its own: one message per mistake
-        found = options.problems(spec, values, "model") or type(self).option_problems(values)
-        if found:
-            raise ValueError("; ".join(found))
-        init(self, *args, **kwargs)
-
-    return wrapper
+# a model's __init__: its options checked against its signature and its option_problems (dlx.options)
+checked_options = options.checked("model", skip=NOT_OPTIONS)
 
 
 def spatial_input(model: str, input_shape: tuple[int, ...]) -> int:
