@@ -10,21 +10,7 @@ first and the last trial started, read from the sweep's log lines. The pair is m
 times, one mode right after the other, and the verdict is on the median of the pairs' ratios: on a
 shared host the same sequential sweep took 20-29 s from one minute to the next.
 
-Evidence (2 cores, load average ~1 from the host, 20 epochs, three runs each):
-- workers started after the sweep's checks: 32.7-35.2 s against 22.2-23.3 s, 1.40-1.59x. The fixed
-  part was the sweep's own start-up (composing every trial to check it, the store, the parent run)
-  and the workers' imports (~5 s of CPU each: torch, torch._dynamo, MLflow, matplotlib), which only
-  began once the checks were done.
-- workers started by `dlx sweep` before its checks (their imports overlap them), metrics written by a
-  writer process: 1.73x, 1.53x, 1.68x (e.g. 35.8 s against 20.7 s; the workers' first trials start
-  at 7.9 s against 6.3 s in-process). The spread is the machine's: the same sequential sweep took
-  35-44 s from one run to the next.
-- workers forked from one zygote that imported torch, MLflow and dlx once, the imported heap frozen
-  out of the garbage collector (each trial's two full collections had cost ~0.3 s each, in both
-  modes), trials handed to whichever worker is free, no interpreter teardown at exit: sequential
-  33 s -> 20-24 s, parallel 19.4 s -> 13.3-14.7 s; single pairs 1.47-1.74x, so the median of repeats.
-With more load on the cores the ratio rose to 2-4x, for the wrong reason: torch's two intra-op threads
-in the in-process sweep spin against the other processes (--sequential-threads 1 shows it).
+Measurements and their history: bench/README.md.
 """
 
 from __future__ import annotations
