@@ -23,34 +23,7 @@ of an epoch (checkpoint files, journaling metrics in the spool for the MLflow wr
 epoch is reported too: the mean spacing of the epoch ends, for dlx taken from the MLflow metric
 timestamps (millisecond resolution), for the baselines from perf_counter.
 
-Evidence (2 cores, load average ~1 from the host, 30 epochs x 6-8 repeats), digits MLP / CNN:
-- metrics written by a thread of the training process: 1.19-1.24 / 1.09-1.13; wall per epoch 1.60x
-  for the MLP. One MLflow log_batch is ~10 ms of Python (SQLAlchemy) holding the GIL, about half an
-  MLP epoch (~25 ms).
-- writer in a forked process, batching what arrives within 0.5 s: 1.11-1.14 / 1.05; GC paused while an
-  epoch runs (dlx.engine.gc_paused): 1.036, 1.218, 1.353 / 1.043-1.055, as noisy as the host.
-- what was left, measured epoch against epoch in one process: training accuracy counted per step
-  (argmax, compare, sum: ~3% of an MLP step, now once per log window), and the checkpoint between two
-  epochs: the epoch after a 1 MB serialize-and-write ran 5-10% slower on this machine (an epoch after a
-  50 ms sleep 15% slower: the cache it finds is cold). Checkpoints are now serialized straight into
-  their file, linked as best.pt, and written within 5% of the run's time (the others wait in memory).
-- dlx's optimizers use torch's fused CPU kernel (Adam's step 268 -> 98 us). Runs of 8 repeats, two
-  before checkpoints were written within 5% of the run and two after (two runs between them, on a host at
-  IQR/median up to 34%, gave 0.882, 0.917 / 1.016, 0.985 and 1.159, 1.163 / 1.105, 1.063):
-  against the minimal loop 0.905, 0.891, 0.872, 0.901 / 0.973, 0.997, 0.938, 0.920 (every repeat of the
-  last two runs <= 0.93 / <= 1.01); wall per epoch 0.99-1.00x / 0.97-1.01x in the last two;
-  against the same kernel (dlx's own cost) 1.117, 1.098, 1.096, 1.125 / 1.012, 1.082, 1.045, 1.045; wall
-  per epoch 1.25x / 1.08-1.11x. Of the MLP's ~2 ms a third is the loop's own Python and bookkeeping
-  (1.045 with the engine alone), the rest the run around it: the copy of a due checkpoint (~0.5 ms) and
-  the writes every few epochs, the metric hand-off, a cold cache after them.
-- the forked writer replaced (no fork, no MLflow internals): each flushed batch is appended to the run's
-  spool file and a thread of the training process log_batches what is pending at most once a second.
-  Same machine, 30 epochs x 4 repeats, forked writer / spool + thread, MLP then CNN: against the minimal
-  loop 0.864 / 0.856 and 0.962 / 0.967; wall per epoch 0.988 / 0.921 and 1.019 / 1.034; against the same
-  kernel 1.093 / 1.054 and 1.027 / 1.043. Within the noise of this host: the write once a second (~10 ms of
-  Python holding the GIL) touches one MLP epoch in ~50, which the medians do not see.
-
-The report always exits 0, unless --strict is given and a ratio misses the target.
+Measurements and their history: bench/README.md.
 """
 
 from __future__ import annotations
