@@ -10,7 +10,8 @@ from importlib.util import find_spec
 from dlx.sweep.checks import key_of, list_studies, prepare
 from dlx.sweep.resume import resume_overrides
 
-SWEEP_USAGE = """usage: dlx sweep [override ...] [hydra.sweeper.SETTING=value ...] [--resume [STUDY] [--trust-stored]]
+SWEEP_USAGE = """usage: dlx sweep [override ...] [hydra.sweeper.SETTING=value ...] [--config-dir DIR]
+                 [--resume [STUDY] [--trust-stored]]
 
 Runs one trial per combination (grid) or per sample (random, tpe) of the swept overrides; every
 trial is a `dlx train` run nested under one MLflow parent run that records the sweep and its summary.
@@ -21,6 +22,7 @@ sweeping, in Hydra's override grammar:
   optimizer.lr=choice(1e-3,1e-2)         a list of values
   optimizer.lr=tag(log,interval(1e-5,1)) a continuous range (log scale): random or tpe search
   +study=optimizers                      a ready-made study (dlx study lists them)
+  model.hidden=32,64 --config-dir ./conf your own options (DIR/<group>/<option>.yaml) and studies
 
 hydra.sweeper settings:
   method=grid|random|tpe       default: grid, or tpe when an interval() is swept
@@ -39,8 +41,8 @@ hydra.sweeper settings:
                    one with the same overrides when they are given). Only hydra/launcher,
                    hydra.launcher.*, hydra.sweeper.batch_size and hydra.sweeper.storage may change.
                    The stored overrides pass the checks typed ones do.
---trust-stored     with --resume: also replay stored overrides that name code to run (a _target_,
-                   hydra.launcher.setup); without it they are refused, since anyone who can write
+--trust-stored     with --resume: also replay stored overrides that name code to run (a _target_, a
+                   --config-dir, hydra.launcher.setup); without it they are refused, since anyone who can write
                    the study storage could have put them there.
 
 HYDRA_ALLOWED
