@@ -32,20 +32,20 @@ from dlx.options import problems as option_problems
 
 @dataclass(frozen=True)
 class Group:
-    """A component group: what dlx passes its target itself (`fixed`), and the function whose signature holds
-    the keys dlx reads for the group besides the target's options (`extras`, "module:function")."""
+    """A component group: what dlx passes its target itself (`fixed`: the arguments, or "module:NAME" of the
+    tuple the group's own code keeps), and the function whose signature holds the keys dlx reads for the group
+    besides the target's options (`extras`, "module:function")."""
 
     name: str
-    fixed: tuple[str, ...]
+    fixed: tuple[str, ...] | str
     extras: str | None = None
     rules: str | None = None  # "module:function(target, options) -> problems", rules of any target of the group
 
 
 GROUPS: dict[str, Group] = {g.name: g for g in (
     Group("dataset", (), "dlx.data:split_options"),
-    Group("model", ("input_shape", "num_classes")),
-    # torch's implementation switches (foreach, fused) are not options either: dlx.optim.NOT_OPTIONS
-    Group("optimizer", ("params",), "dlx.optim:param_group_options", "dlx.optim:option_problems"),
+    Group("model", "dlx.models:NOT_OPTIONS"),
+    Group("optimizer", "dlx.optim:NOT_OPTIONS", "dlx.optim:param_group_options", "dlx.optim:option_problems"),
     Group("scheduler", ("optimizer", "steps_per_epoch", "epochs"), "dlx.schedule:warmup_options",
           "dlx.schedule:option_problems"),
     Group("loss", ()),
@@ -57,6 +57,12 @@ TARGET_OPTION = "target"
 def _object(path: str) -> Any:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def fixed(group: str) -> tuple[str, ...]:
+    """The arguments dlx passes a target of the group itself: not options."""
+    f = GROUPS[group].fixed
+    return tuple(_object(f)) if isinstance(f, str) else f
 
 
 # ------------------------------------------------------------------------------------------ built-in options
@@ -92,7 +98,7 @@ def group_spec(group: str, target: str) -> dict[str, Option]:
 
         out.update(optimizer_spec(fn))
     else:
-        out.update(spec(fn, skip=g.fixed))
+        out.update(spec(fn, skip=fixed(group)))
     return out
 
 
@@ -227,7 +233,7 @@ def problems(cfg: Mapping) -> list[str]:
                 found += joint(options)
         else:  # the user's own: its options bind to its signature and keep the ranges it states there
             found += _signature_problems(group, target, fn, options)
-            found += option_problems(spec(fn, skip=GROUPS[group].fixed), options, group) if not found else []
+            found += option_problems(spec(fn, skip=fixed(group)), options, group) if not found else []
         rules = GROUPS[group].rules
         if rules and not found:
             found += _object(rules)(target, {**options, **extras})
@@ -241,19 +247,19 @@ def _signature_problems(group: str, target: str, fn: Callable, options: dict) ->
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return []  # a builtin without a signature: its call will tell
-    fixed = GROUPS[group].fixed
+    passed = fixed(group)
     params = sig.parameters
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
     out = []
     for key in options:
         if key not in params and not takes_any:
-            valid = ", ".join(n for n in params if n not in fixed and n != "self") or "none"
+            valid = ", ".join(n for n in params if n not in passed and n != "self") or "none"
             out.append(f"{group}.{key}: {target} takes no option {key!r}; its options: {valid}")
     if group == "loss" and not isinstance(fn, type):
         return out  # a loss function is called with (logits, target) itself: its required arguments are those
     for name, p in params.items():
-        if (p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in fixed
-                and name not in options and name != "self" and not (group == "optimizer" and name == "params")):
+        if (p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in passed
+                and name not in options and name != "self"):
             out.append(f"{group}.{name}: {target} needs this option: add +{group}.{name}=VALUE")
     return out
 

@@ -345,9 +345,10 @@ def batch_size_plots(client, report, out: Path) -> tuple[list[Path], list[str]]:
             continue
         ca, cb = (load_checkpoint(p) for p in paths)
         cfg = ca["config"]
-        if untrusted(cfg, {}):  # a report never imports code a stored configuration names
+        foreign = untrusted(cfg, {})  # a report never imports code a stored configuration names
+        if foreign:
             return [], [f"loss along the line between solutions: skipped, the runs use code dlx does not ship "
-                        f"({', '.join(untrusted(cfg, {}))})"]
+                        f"({', '.join(foreign)})"]
         data = build_data(cfg, torch.device("cpu"))
         model = build_model(cfg, data)
         line = interpolate(model, ca["trainer"]["model"], cb["trainer"]["model"], build_loss(cfg)[1],
