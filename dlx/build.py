@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 from dataclasses import dataclass
@@ -52,10 +53,34 @@ def build_data(cfg: dict, device: torch.device) -> DataSplits:
     return prepare(source, device=device, **split)
 
 
+def data_arguments(target: str, data: DataSplits) -> dict[str, Any]:
+    """What the data tells a model beside input_shape and num_classes (models.DATA_ARGUMENTS), for a model whose
+    signature names them. A model that names none of them reads real-valued inputs and one output per sample:
+    token inputs or per-position targets are refused for it, before any run starts."""
+    task = data.task
+    given = {"vocab": task.vocab, "target": task.target.value, "target_len": task.target_len}
+    try:
+        named = inspect.signature(locate(target, "model._target_")).parameters
+    except (TypeError, ValueError):
+        named = {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in named.values()):
+        named = given
+    if task.vocab is not None and "vocab" not in named:
+        raise ConfigError(f"model._target_={target}: reads real-valued inputs, and dataset {data.name} gives token "
+                          "ids: use a model that takes `vocab` (rnn, lstm, gru, transformer, seq2seq)")
+    if task.per_position and "target_len" not in named:
+        raise ConfigError(f"model._target_={target}: gives one output per sample, and dataset {data.name} has "
+                          f"{task.target.value} targets (one per position): use a model that takes `target_len` "
+                          "(rnn, lstm, gru, transformer, seq2seq)")
+    return {k: v for k, v in given.items() if k in named}
+
+
 def build_model(cfg: dict, data: DataSplits) -> nn.Module:
     make, _ = factory("model", cfg["model"])
     shape = check_io(data.input_shape, data.num_classes)
-    model = call("model", cfg["model"]["_target_"], make, input_shape=shape, num_classes=data.num_classes)
+    target = cfg["model"]["_target_"]
+    model = call("model", target, make, input_shape=shape, num_classes=data.num_classes,
+                 **data_arguments(target, data))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={cfg['model']['_target_']}: returned a {type(model).__name__}, not a "
                           "torch.nn.Module")
@@ -77,11 +102,12 @@ def check_sample(cfg: dict, model: nn.Module, loss_fn, data: DataSplits) -> None
                           f"{type(exc).__name__}: {exc}") from None
     finally:
         model.train(was)
-    want = (len(x), data.num_classes)
+    want = data.task.output_shape(len(x), data.num_classes)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        names = "(batch, target_len, num_classes)" if data.task.per_position else "(batch, num_classes)"
         raise ConfigError(f"model._target_={target}: returned {got} for a sample batch of shape {tuple(x.shape)}; "
-                          f"a model must return logits of shape (batch, num_classes) = {want}")
+                          f"a model must return logits of shape {names} = {want}")
     try:
         value = loss_fn(logits, y)
     except Exception as exc:  # noqa: BLE001

@@ -24,6 +24,7 @@ from torch import nn
 from dlx.data.batches import TensorSplit, eval_bounds
 from dlx.losses import LossFn
 from dlx.optim import decayed_params
+from dlx.tasks import Target, Task
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,21 @@ def train_batches(n: int, batch_size: int, smallest: int = 1) -> list[tuple[int,
 
 
 def metric_mode(name: str, mode: str = "auto") -> str:
-    """'max' for accuracy-like metrics, 'min' for losses, unless given."""
+    """'max' for accuracy-like metrics (acc, token_acc, solved), 'min' for losses, mse and perplexity, unless given."""
     if mode != "auto":
         return mode
-    return "max" if name.endswith("acc") else "min"
+    return "max" if name.endswith(("acc", "solved")) else "min"
+
+
+def takes_target(model: nn.Module) -> bool:
+    """A model whose forward names a `target` parameter is given the batch's targets in training steps (teacher
+    forcing); evaluation calls it on x alone."""
+    import inspect
+
+    try:
+        return "target" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
@@ -182,6 +194,8 @@ class Trainer:
         self.forward = forward if forward is not None else model  # the torch.compile'd module
         self.callbacks = list(callbacks)
         self.device = data.train.device
+        self.task: Task = getattr(data, "task", None) or Task()
+        self.teacher = takes_target(model)
         self.scaler = torch.amp.GradScaler(self.device.type) if options.amp == "fp16" else None
         self.decayed = decayed_params(optimizer) if (options.l1 or options.l2) else []
         self.batches = train_batches(len(data.train), options.batch_size, smallest_train_batch(model))
@@ -258,7 +272,7 @@ class Trainer:
         # the sums stay on the device and are read once per log window.
         on_host = self.check_every == 1
         zero = (lambda: 0.0) if on_host else (lambda: torch.zeros((), device=self.device))
-        loss_sum, correct, seen = zero(), zero(), 0
+        loss_sum, correct, seen, counted = zero(), zero(), 0, 0
         win_loss, win_seen, win_start = zero(), 0, state.step
         window = []  # (logits, y, y_b, lam) of the steps since the last log: accuracy is counted per window
         bad = zero()
@@ -270,7 +284,7 @@ class Trainer:
             if opt.input_noise:
                 x = x + opt.input_noise * torch.randn_like(x)
             with amp:
-                logits = model(x)
+                logits = model(x, target=y) if self.teacher else model(x)
                 loss = self.loss_fn(logits, y)
                 if lam < 1.0:  # mixup/cutmix: the loss mixes exactly as the inputs did
                     loss = lam * loss + (1 - lam) * self.loss_fn(logits, y_b)
@@ -297,19 +311,23 @@ class Trainer:
                     raise NonFiniteLoss(state.epoch + 1, win_start + 1, state.step)
                 win_mean = float(win_loss) / win_seen
                 self._check_divergence(win_mean, state.epoch + 1, win_start + 1, state.step)
-                win_correct = _hits(window, on_host)
+                win_correct, win_counted = _hits(window, on_host, self.task)
                 metrics = {"train/loss_step": win_mean,
-                           "train/acc_step": float(win_correct) / win_seen, "lr": self.schedule.lr}
+                           "train/acc_step": float(win_correct) / max(1, win_counted), "lr": self.schedule.lr}
                 for cb in self.callbacks:
                     cb.on_step_log(self, state, metrics)
                 loss_sum, correct, seen = loss_sum + win_loss, correct + win_correct, seen + win_seen
+                counted += win_counted
                 win_loss, win_seen, win_start, window = zero(), 0, state.step, []
         if not on_host and bad.item():
             raise NonFiniteLoss(state.epoch + 1, win_start + 1, state.step)
         if win_seen:
             self._check_divergence(float(win_loss) / win_seen, state.epoch + 1, win_start + 1, state.step)
-        loss_sum, correct, seen = loss_sum + win_loss, correct + _hits(window, on_host), seen + win_seen
-        return {"train/loss": float(loss_sum) / seen, "train/acc": float(correct) / seen, "lr": self.schedule.lr}
+        win_correct, win_counted = _hits(window, on_host, self.task)
+        loss_sum, correct, seen = loss_sum + win_loss, correct + win_correct, seen + win_seen
+        counted += win_counted
+        return {"train/loss": float(loss_sum) / seen, "train/acc": float(correct) / max(1, counted),
+                "lr": self.schedule.lr}
 
     def _check_divergence(self, mean: float, epoch: int, first_step: int, last_step: int) -> None:
         """Raise Diverged when a window's mean loss passes divergence_factor x the run's first loss. Called
@@ -349,27 +367,40 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split, y: torch.Tensor | None = None) -> dict[str, float]:
-        """Mean loss (without label smoothing) and accuracy over a split (or tensors x, y), in eval mode."""
+        """Mean loss (without label smoothing), accuracy and the task's other metrics (dlx.tasks) over a split
+        (or tensors x, y), in eval mode."""
         split = TensorSplit(split, y) if y is not None else split
         was_training = self.model.training
         self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
+        zero = lambda: torch.zeros((), device=self.device)  # noqa: E731
+        loss_sum, correct, counted, sums = zero(), zero(), zero(), {}
         with amp_context(self.device, self.opt.amp):
             for xb, yb in split.batches(eval_bounds(len(split), self.opt.eval_batch_size)):
                 logits = self.forward(xb)
                 loss_sum += self.eval_loss_fn(logits, yb).float() * len(yb)
-                correct += (logits.argmax(-1) == yb).sum()
+                hits, count = self.task.hits(logits, yb)
+                correct += hits
+                counted += count
+                for k, v in self.task.sums(logits, yb).items():
+                    sums[k] = sums.get(k, 0) + v
         self.model.train(was_training)
         n = max(1, len(split))
-        return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
+        return self.task.metrics(loss_sum.item() / n, correct.item() / max(1, counted.item()),
+                                 {k: float(v) for k, v in sums.items()}, n)
 
 
 @torch.no_grad()
-def _hits(window: list, on_host: bool):
-    """Correct predictions over a window of steps, each (logits, y, y_b, lam); a mixed batch counts lam of
+def _hits(window: list, on_host: bool, task: Task = Task()):
+    """(correct, counted) over a window of steps, each (logits, y, y_b, lam); a mixed batch counts lam of
     its hits on y and 1 - lam on y_b. The unmixed steps are counted in one go: argmax, compare and sum
-    once per window instead of once per step (on a small model on CPU those three ops were 3% of a step)."""
+    once per window instead of once per step (on a small model on CPU those three ops were 3% of a step).
+    Targets other than class labels are counted by their task, step by step."""
+    if task.target is not Target.label:
+        hits = [task.hits(logits, y) for logits, y, _, _ in window]
+        correct = sum((h for h, _ in hits), torch.zeros((), device=window[0][0].device if window else None))
+        counted = sum(int(c) for _, c in hits)
+        return (correct.item() if on_host else correct), counted
+    counted = sum(len(y) for _, y, _, _ in window)
     plain = [(logits, y) for logits, y, _, lam in window if lam == 1.0]
     if plain:
         hits = (torch.cat([p[0] for p in plain]).argmax(-1) == torch.cat([p[1] for p in plain])).sum()
@@ -379,7 +410,7 @@ def _hits(window: list, on_host: bool):
         if lam != 1.0:
             pred = logits.argmax(-1)
             hits = hits + lam * (pred == y).sum() + (1 - lam) * (pred == y_b).sum()
-    return hits.item() if on_host else hits
+    return (hits.item() if on_host else hits), counted
 
 
 def _prefix(prefix: str, metrics: dict) -> dict:

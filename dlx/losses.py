@@ -6,6 +6,10 @@ regression-style losses (mse, mae, huber) and bce compare the logits with (smoot
 square-loss classification of Hui & Belkin (2021); hinge is torch's multi_margin_loss, the multi-class margin
 loss of Weston & Watkins (1999), which sums the violations over the wrong classes. A user's loss is any callable
 (logits, target) -> scalar tensor.
+
+Sequence outputs (N, T, C) with targets (N, T) are losses per position, averaged over the positions whose
+target is not dlx.tasks.IGNORE (padding). Real-valued targets (dlx.tasks.Target.value) are compared with the
+outputs directly by mse, mae and huber; ce, bce and hinge take class labels and refuse them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dlx.options import Range, problems, spec
+from dlx.tasks import IGNORE
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,6 +38,8 @@ class _Smoothed:
         self.label_smoothing = float(label_smoothing)
 
     def targets(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.is_floating_point():  # real-valued targets: the outputs are compared with them as they are
+            return y.reshape(logits.shape).to(logits.dtype)
         k, s = logits.shape[-1], self.label_smoothing
         onehot = F.one_hot(y, k).to(logits.dtype)
         return onehot * (1 - s) + s / k if s else onehot
@@ -41,17 +48,36 @@ class _Smoothed:
         return f"{type(self).__name__}(label_smoothing={self.label_smoothing})"
 
 
+def labels_only(loss: str, y: torch.Tensor) -> None:
+    if y.is_floating_point():
+        raise ValueError(f"loss={loss} takes class labels and the data's targets are real numbers: allowed "
+                         "loss=mse, mae or huber")
+
+
+def positions(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T, C) outputs and (N, T) targets as rows of positions, without the IGNORE ones; others unchanged."""
+    if logits.dim() < 3 or y.is_floating_point():
+        return logits, y
+    keep = y.reshape(-1) != IGNORE
+    return logits.reshape(-1, logits.shape[-1])[keep], y.reshape(-1)[keep]
+
+
 class CrossEntropy(_Smoothed):
     """Softmax cross-entropy."""
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        labels_only("ce", y)
+        if logits.dim() > 2:  # per position; torch skips IGNORE (its ignore_index) without a host sync
+            logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, ignore_index=IGNORE)
 
 
 class BinaryCrossEntropy(_Smoothed):
     """A sigmoid and binary cross-entropy per class against the one-hot targets."""
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        labels_only("bce", y)
+        logits, y = positions(logits, y)
         return F.binary_cross_entropy_with_logits(logits, self.targets(logits, y))
 
 
@@ -59,6 +85,7 @@ class SquaredError(_Smoothed):
     """Mean squared error of the logits against the one-hot targets."""
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits, y = positions(logits, y)
         return F.mse_loss(logits, self.targets(logits, y))
 
 
@@ -66,6 +93,7 @@ class AbsoluteError(_Smoothed):
     """Mean absolute error of the logits against the one-hot targets."""
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits, y = positions(logits, y)
         return F.l1_loss(logits, self.targets(logits, y))
 
 
@@ -73,6 +101,7 @@ class Huber(_Smoothed):
     """Huber loss (delta 1) of the logits against the one-hot targets."""
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits, y = positions(logits, y)
         return F.huber_loss(logits, self.targets(logits, y))
 
 
@@ -80,7 +109,8 @@ class Hinge:
     """Multi-class margin loss; it takes hard labels, so no label smoothing."""
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.multi_margin_loss(logits, y)
+        labels_only("hinge", y)
+        return F.multi_margin_loss(*positions(logits, y))
 
     def __repr__(self) -> str:
         return "Hinge()"

@@ -7,6 +7,7 @@ on each of those paths.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -257,10 +258,22 @@ def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint, com
         config_path = run_dir / "config.yaml"
         config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(redact(cfg))))
         tracker.log_artifact(config_path)
+        data_path = run_dir / "data.json"
+        data_path.write_text(json.dumps(data_record(built.data)))
+        tracker.log_artifact(data_path)
     log.info("run %s%s: %s params, %d train / %d val / %d test samples on %s", name,
              f" ({run_id})" if run_id else "", f"{built.num_params:,}", len(built.data.train),
              len(built.data.val), len(built.data.test), built.device)
     return run_id
+
+
+def data_record(data) -> dict:
+    """What a model needs to know about its data, beside the config: enough to rebuild it from a checkpoint and to
+    turn token ids into text (`dlx sample`)."""
+    task = data.task
+    return {"name": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+            "target": task.target.value, "vocab": task.vocab, "target_len": task.target_len,
+            "tokens": None if task.tokens is None else list(task.tokens)}
 
 
 def _checkpoint_dir(tracker, run_dir: Path) -> Path:
@@ -276,8 +289,8 @@ def _finish(trainer, state, tracker, run_dir: Path, diagnostics=None) -> dict:
     final = dict(state.history[-1]) if state.history else {}
     restored = trainer.restore_best()
     test = trainer.evaluate(trainer.data.test)
-    final.update({"test/loss": test["loss"], "test/acc": test["acc"], "epochs": state.epoch})
-    summary = {"test/loss": test["loss"], "test/acc": test["acc"]}
+    summary = {f"test/{k}": v for k, v in test.items()}  # loss, acc and the task's own (dlx.tasks)
+    final.update({**summary, "epochs": state.epoch})
     if trainer.early_stopping is not None and trainer.early_stopping.best is not None:
         summary["best_epoch"] = trainer.early_stopping.best_epoch
         final["best_epoch"] = trainer.early_stopping.best_epoch

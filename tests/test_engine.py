@@ -23,11 +23,12 @@ def test_window_hits_match_a_per_step_count():
         window.append((logits, y, y_b if lam < 1 else y, lam))
         pred = logits.argmax(-1)
         expected += lam * (pred == y).sum().item() + (1 - lam) * (pred == (y_b if lam < 1 else y)).sum().item()
-    assert _hits(window, on_host=True) == pytest.approx(expected)
-    assert isinstance(_hits(window, on_host=True), float)
-    assert torch.is_tensor(_hits(window, on_host=False))
-    assert float(_hits(window, on_host=False)) == pytest.approx(expected)
-    assert _hits([], on_host=True) == 0
+    hits, counted = _hits(window, on_host=True)
+    assert hits == pytest.approx(expected) and counted == 32
+    assert isinstance(hits, float)
+    assert torch.is_tensor(_hits(window, on_host=False)[0])
+    assert float(_hits(window, on_host=False)[0]) == pytest.approx(expected)
+    assert _hits([], on_host=True) == (0, 0)
 
 
 class Seen(Callback):

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, default_collate
 from dlx.data.batches import ArrayDataset, Joined, Pool, StreamSplit, eval_bounds
 from dlx.data.splits import DatasetError, DataSplits, build_splits, check_labels, plan_splits
 from dlx.options import Range, problems, spec
+from dlx.tasks import Target, Task
 
 Pair = tuple[Any, Any]  # (x, y): arrays or tensors, x shaped (N, *sample shape), y N class indices
 
@@ -43,6 +44,12 @@ class Source:
     name: str | None = None
     scale: float = 1.0
     classes: tuple[str, ...] | None = None  # class names in index order, where the data has them
+    # what y holds (dlx.tasks): label (class indices), value (real numbers, num_classes outputs), steps (a class
+    # per input position, causal) or sequence (an output sequence read after the whole input)
+    target: Target = Target.label
+    vocab: int | None = None  # x holds token ids in [0, vocab), 0 the padding; None: real-valued x
+    tokens: tuple[str, ...] | None = None  # the string of each token id
+    tolerance: float | None = None  # value targets: |error| below which an output counts as solved
 
 
 class Stream(str, enum.Enum):
@@ -125,11 +132,20 @@ def prepare(source: Source | Mapping, *, device: str | torch.device = "cpu", **o
     device = torch.device(device)
     name = src.name or "dataset"
     num_classes = _count(src.num_classes)
+    target = _target(name, src.target)
     parts = {split: getattr(src, split) for split in ("train", "val", "test")}
     for split, part in parts.items():
         if part is not None and not isinstance(part, Dataset):
-            parts[split] = _pair(name, split, part)
-    if opts["stream"] is Stream.off or (opts["stream"] is Stream.auto and not _too_big(parts, device)):
+            parts[split] = _pair(name, split, part, target, src.vocab)
+        elif part is not None and target is not Target.label:
+            raise DatasetError(f"'{name}' {split}: a torch Dataset carries class labels only; give {target.value} "
+                               "targets as an (x, y) pair of arrays")
+    task = _task(name, src, target, parts["train"])
+    if task.target is not Target.label and opts["stream"] is Stream.on:
+        raise DatasetError(f"dataset.stream=on: streaming reads class labels only, and '{name}' has "
+                           f"{task.target.value} targets: allowed dataset.stream=auto or off")
+    if (opts["stream"] is Stream.off or task.target is not Target.label
+            or (opts["stream"] is Stream.auto and not _too_big(parts, device))):
         arrays = {split: _materialise(part, opts["workers"]) if isinstance(part, Dataset) else part
                   for split, part in parts.items()}
         x_val, y_val = arrays["val"] or (None, None)
@@ -138,7 +154,7 @@ def prepare(source: Source | Mapping, *, device: str | torch.device = "cpu", **o
                             y_test=y_test, x_val=x_val, y_val=y_val, num_classes=num_classes,
                             val_fraction=opts["val_fraction"], split_seed=opts["split_seed"],
                             train_subset=opts["train_subset"], normalize=opts["normalize"],
-                            scale=src.scale).to(device)
+                            scale=src.scale, task=task).to(device)
     return _streamed(name, parts, num_classes, src.scale, opts, device)
 
 
@@ -180,7 +196,35 @@ def _count(num_classes) -> int:
     return int(num_classes)
 
 
-def _pair(name: str, split: str, part) -> Pair:
+def _target(name: str, target) -> Target:
+    try:
+        return Target(getattr(target, "value", target))
+    except ValueError:
+        raise DatasetError(f"'{name}': target={target!r} is not a kind of target: allowed "
+                           f"{', '.join(t.value for t in Target)}") from None
+
+
+def _task(name: str, src: Source, target: Target, train) -> Task:
+    if src.vocab is not None and (isinstance(src.vocab, bool) or not isinstance(src.vocab, (int, np.integer))
+                                  or src.vocab < 2):
+        raise DatasetError(f"'{name}': vocab must be an integer >= 2 (the token ids, 0 the padding), got {src.vocab!r}")
+    if src.tokens is not None and src.vocab is not None and len(src.tokens) != src.vocab:
+        raise DatasetError(f"'{name}': tokens names {len(src.tokens)} ids but vocab is {src.vocab}")
+    if target is Target.value and (src.tolerance is None or src.tolerance <= 0):
+        raise DatasetError(f"'{name}': value targets need a tolerance > 0 (|error| below it counts as solved)")
+    per_position = target in (Target.steps, Target.sequence)
+    return Task(target=target, vocab=None if src.vocab is None else int(src.vocab),
+                tokens=None if src.tokens is None else tuple(src.tokens),
+                tolerance=None if src.tolerance is None else float(src.tolerance),
+                target_len=int(train[1].shape[1]) if per_position else None)
+
+
+_Y_SHAPES = {Target.label: "(N,) class indices", Target.value: "(N,) real numbers",
+             Target.steps: "(N, T) class indices, one per input position",
+             Target.sequence: "(N, T_out) class indices"}
+
+
+def _pair(name: str, split: str, part, target: Target = Target.label, vocab: int | None = None) -> Pair:
     try:
         x, y = part
     except (TypeError, ValueError):
@@ -188,9 +232,19 @@ def _pair(name: str, split: str, part) -> Pair:
                            f"got {type(part).__name__}") from None
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+    per_position = target in (Target.steps, Target.sequence)
+    if (x.ndim < 2 or y.ndim != (2 if per_position else 1) or len(x) != len(y)
+            or (target is Target.steps and y.shape[1] != x.shape[-1])):
         raise DatasetError(f"'{name}' {split}: x {x.shape} and y {y.shape} do not fit; expected x (N, ...) with "
-                           "one row per sample and y (N,) class indices")
+                           f"one row per sample and y {_Y_SHAPES[target]}")
+    if vocab is not None:
+        if not np.issubdtype(x.dtype, np.integer) or (x.size and (x.min() < 0 or x.max() >= vocab)):
+            raise DatasetError(f"'{name}' {split}: token inputs must be integer ids in [0, {vocab}) (vocab={vocab})")
+        x = x.astype(np.int64)
+    if target is Target.value:
+        if not np.issubdtype(y.dtype, np.number):
+            raise DatasetError(f"'{name}' {split}: value targets must be numbers, got {y.dtype}")
+        return x, y.astype(np.float32)
     if not np.issubdtype(y.dtype, np.integer) and not (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))):
         raise DatasetError(f"'{name}' {split}: labels must be class indices (integers), got {y.dtype}")
     return x, y.astype(np.int64)

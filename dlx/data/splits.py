@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from dlx.data.batches import Split, TensorSplit
+from dlx.tasks import IGNORE, Target, Task
 
 # The test split of datasets without an official one is drawn with this seed and nothing else, so no
 # experiment setting (split_seed, train_subset, val_fraction) can ever move a sample in or out of it.
@@ -36,6 +37,7 @@ class DataSplits:
     input_shape: tuple[int, ...]
     num_classes: int
     name: str
+    task: Task = Task()  # what y holds and how it is measured (dlx.tasks)
 
     # The whole tensors of the in-memory path, for code that indexes them directly; a streamed split has none.
     x_train = property(lambda self: self.train.x)
@@ -136,6 +138,7 @@ def plan_splits(y_train: np.ndarray, *, carve_test: bool, carve_val: bool, val_f
 
 
 def check_labels(name: str, split: str, labels: np.ndarray, num_classes: int) -> None:
+    labels = labels[labels != IGNORE] if labels.ndim > 1 else labels  # a sequence's padding counts for nothing
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise DatasetError(f"'{name}' {split} labels span {labels.min()}..{labels.max()}, "
                            f"outside the {num_classes} classes 0..{num_classes - 1}")
@@ -156,34 +159,43 @@ def build_splits(
     scale: float = 1.0,
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
+    task: Task = Task(),
 ) -> DataSplits:
     """Turn raw arrays shaped (N, *sample shape) into in-memory DataSplits; x values are multiplied by scale.
 
     Loaders may hand over uint8 pixels: they are converted to float32 only after splitting, so the
     big image sets never exist as a full float copy plus per-split float copies at the same time.
-    A split that is None is carved from the training part (see plan_splits).
+    A split that is None is carved from the training part (see plan_splits): stratified by class for label
+    targets, at random for the others. Token inputs (task.vocab) stay int64 ids, never scaled or normalised.
     """
-    y_train = np.asarray(y_train, dtype=np.int64)
-    given = {"train": y_train, "test": y_test, "val": y_val}
-    for split, labels in given.items():
-        if labels is not None:
-            check_labels(name, split, np.asarray(labels, dtype=np.int64), num_classes)
-    plan = plan_splits(y_train, carve_test=x_test is None, carve_val=x_val is None, val_fraction=val_fraction,
+    y_dtype = np.float32 if task.target is Target.value else np.int64
+    y_train = np.asarray(y_train, dtype=y_dtype)
+    if task.target is not Target.value:
+        for split, labels in {"train": y_train, "test": y_test, "val": y_val}.items():
+            if labels is not None:
+                check_labels(name, split, np.asarray(labels, dtype=np.int64), num_classes)
+    # one stratum for targets that are not class labels: the stratified carve is then a seeded random one
+    strata = y_train if task.target is Target.label else np.zeros(len(y_train), dtype=np.int64)
+    plan = plan_splits(strata, carve_test=x_test is None, carve_val=x_val is None, val_fraction=val_fraction,
                        split_seed=split_seed, train_subset=train_subset, name=name)
     parts = {}
     for split, x, y in (("test", x_test, y_test), ("val", x_val, y_val)):
         idx = plan[split]
-        parts[split] = (x_train[idx], y_train[idx]) if idx is not None else (x, np.asarray(y, dtype=np.int64))
+        parts[split] = (x_train[idx], y_train[idx]) if idx is not None else (x, np.asarray(y, dtype=y_dtype))
     parts["train"] = (x_train[plan["train"]], y_train[plan["train"]])
 
-    xs = {split: _to_float(x, scale) for split, (x, _) in parts.items()}
-    if normalize:
-        normalise_(xs["train"], xs["val"], xs["test"])
+    if task.vocab is not None:
+        xs = {split: torch.tensor(np.asarray(x), dtype=torch.int64) for split, (x, _) in parts.items()}
+    else:
+        xs = {split: _to_float(x, scale) for split, (x, _) in parts.items()}
+        if normalize:
+            normalise_(xs["train"], xs["val"], xs["test"])
     return DataSplits(
-        **{split: TensorSplit(xs[split], torch.from_numpy(np.array(y, dtype=np.int64))) for split, (_, y) in parts.items()},
+        **{split: TensorSplit(xs[split], torch.from_numpy(np.array(y, dtype=y_dtype))) for split, (_, y) in parts.items()},
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
         num_classes=int(num_classes),
         name=name,
+        task=task,
     )
 
 

@@ -120,7 +120,9 @@ def check_io(input_shape: Sequence[int], num_classes: int) -> tuple[int, ...]:
 
 
 # The arguments dlx passes a model itself: they are not options a config sets.
-NOT_OPTIONS = tuple(inspect.signature(check_io).parameters)
+# What the data tells a model that takes them (dlx.tasks): token inputs' id count, the kind of target and its length.
+DATA_ARGUMENTS = ("vocab", "target", "target_len")
+NOT_OPTIONS = (*inspect.signature(check_io).parameters, *DATA_ARGUMENTS)
 
 
 # a model's __init__: its options checked against its signature and its option_problems (dlx.options)
