@@ -15,6 +15,7 @@ from torch import nn
 from dlx.components import call, factory, locate
 from dlx.config import ConfigError, TrainerConfig
 from dlx.data import DataSplits, create_augmentation, prepare
+from dlx.data.eda import config_problems as eda_problems
 from dlx.engine import (
     Callback,
     EarlyStopping,
@@ -174,8 +175,11 @@ def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
     t = cfg["trainer"]
     device = select_device(t["device"])
     seed_everything(int(t["seed"]), bool(t["deterministic"]))
+    found = eda_problems(cfg["augmentation"])  # before the data loads; EDA itself needs the data's vocabulary
+    if found:
+        raise ConfigError(found[0])
     data = build_data(cfg, device)
-    augment = create_augmentation(**cfg["augmentation"])
+    augment = create_augmentation(**cfg["augmentation"], task=data.task)
     if augment is not None:
         augment.check_input(data.input_shape)
     model = build_model(cfg, data).to(device)

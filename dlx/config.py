@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from dlx.options import Range
 
 
 class ConfigError(ValueError):
@@ -75,6 +77,13 @@ class AugmentationConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     noise_std: float = 0.0
+    # EDA (Wei & Zou 2019; dlx/data/eda.py) on token inputs: each training sequence gets one of the operations
+    # whose rate is > 0, chosen at random; the rate is the share of its tokens that operation touches
+    swap_rate: Annotated[float, Range(ge=0, le=1)] = 0.0
+    delete_rate: Annotated[float, Range(ge=0, lt=1)] = 0.0
+    insert_rate: Annotated[float, Range(ge=0, le=1)] = 0.0
+    replace_rate: Annotated[float, Range(ge=0, le=1)] = 0.0
+    synonyms: str | None = None  # a UTF-8 file: one group of synonyms per line, words separated by commas or tabs
 
 
 # ---------------------------------------------------------------- trainer

@@ -9,9 +9,13 @@ are drawn on the CPU, so the only host-device traffic is that of plain Python nu
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from dlx.data.eda import EDA
 
 AUGMENTATIONS = ["cutmix", "cutout", "flip", "crop", "mixup", "noise"]
 # Ops that move or cut pixels along spatial axes; they need (C, H, W) or (C, L) samples.
@@ -31,10 +35,23 @@ def create_augmentation(
     mixup_alpha: float = 0.0,
     cutmix_alpha: float = 0.0,
     noise_std: float = 0.0,
-) -> BatchAugment | None:
-    """A BatchAugment with the given ops, or None when every op is off (so callers can skip it)."""
+    task=None,
+    **text,
+) -> BatchAugment | EDA | None:
+    """A BatchAugment with the given ops, or None when every op is off (so callers can skip it).
+
+    `text` holds the EDA keys (dlx.data.eda), which act on token inputs only; `task` is the data's
+    dlx.tasks.Task, which says whether the inputs are tokens."""
+    from dlx.data.eda import create_eda, enabled, settings
+
     augment = BatchAugment(flip=flip, crop_padding=crop_padding, cutout_size=cutout_size,
                            mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, noise_std=noise_std)
+    text = settings(**text)
+    if getattr(task, "vocab", None) is not None and augment.ops:
+        raise ValueError(f"augmentation ({', '.join(augment.ops)}): these ops move or mix real values, and the "
+                         "dataset gives token ids; allowed on token inputs: EDA (augmentation=eda)")
+    if enabled(text):
+        return create_eda(task=task, **text)
     return augment if augment.ops else None
 
 
