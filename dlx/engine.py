@@ -24,7 +24,7 @@ from torch import nn
 from dlx.data.batches import TensorSplit, eval_bounds
 from dlx.losses import LossFn
 from dlx.optim import decayed_params
-from dlx.tasks import Target, Task
+from dlx.tasks import LABELS, Target, Task, maximised
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,10 @@ def train_batches(n: int, batch_size: int, smallest: int = 1) -> list[tuple[int,
 
 
 def metric_mode(name: str, mode: str = "auto") -> str:
-    """'max' for accuracy-like metrics (acc, token_acc, solved), 'min' for losses, mse and perplexity, unless given."""
+    """'max' for accuracy-like metrics (dlx.tasks.maximised), 'min' for losses and the rest, unless given."""
     if mode != "auto":
         return mode
-    return "max" if name.endswith(("acc", "solved")) else "min"
+    return "max" if maximised(name) else "min"
 
 
 def takes_target(model: nn.Module) -> bool:
@@ -194,7 +194,7 @@ class Trainer:
         self.forward = forward if forward is not None else model  # the torch.compile'd module
         self.callbacks = list(callbacks)
         self.device = data.train.device
-        self.task: Task = getattr(data, "task", None) or Task()
+        self.task: Task = getattr(data, "task", None) or LABELS
         self.teacher = takes_target(model)
         self.scaler = torch.amp.GradScaler(self.device.type) if options.amp == "fp16" else None
         self.decayed = decayed_params(optimizer) if (options.l1 or options.l2) else []
@@ -390,7 +390,7 @@ class Trainer:
 
 
 @torch.no_grad()
-def _hits(window: list, on_host: bool, task: Task = Task()):
+def _hits(window: list, on_host: bool, task: Task = LABELS):
     """(correct, counted) over a window of steps, each (logits, y, y_b, lam); a mixed batch counts lam of
     its hits on y and 1 - lam on y_b. The unmixed steps are counted in one go: argmax, compare and sum
     once per window instead of once per step (on a small model on CPU those three ops were 3% of a step).

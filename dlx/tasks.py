@@ -20,11 +20,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # tensors arrive from the loop; this module is imported by `dlx report` too, without torch
+    import torch
 
 IGNORE = -100  # a target position that counts for nothing (torch's cross_entropy ignore_index default)
 PAD = 0  # the padding id of token inputs
+
+
+# words of metric names that are better when larger; everything else (loss, mse, perplexity, bpc, error, time,
+# sharpness) is better when smaller, and so is a gap (gap/acc: train minus test accuracy)
+MAXIMISED = ("acc", "solved", "f1", "auc", "precision", "recall", "score", "samples_per_sec")
+
+
+def maximised(metric: str) -> bool:
+    """Whether a larger value of the metric is better: the one rule checkpoints, early stopping, schedules,
+    sweeps and reports share."""
+    name = metric.lower()
+    return not name.startswith("gap/") and any(w in name.rpartition("/")[2] for w in MAXIMISED)
 
 
 class Target(str, Enum):
@@ -81,3 +95,6 @@ class Task:
             out.update(token_acc=acc, seq_acc=sums["seq_right"] / n,
                        perplexity=math.exp(min(loss, 700.0)), bpc=loss / math.log(2))
         return out
+
+
+LABELS = Task()  # the task of data sets whose targets are class labels, the default everywhere

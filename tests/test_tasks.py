@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import client_for, run_cli_batch
+
 from dlx.data import Source, prepare
 from dlx.losses import CrossEntropy, SquaredError
 from dlx.tasks import IGNORE, Target, Task

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dlx.data.batches import Split, TensorSplit
-from dlx.tasks import IGNORE, Target, Task
+from dlx.tasks import IGNORE, LABELS, Target, Task
 
 # The test split of datasets without an official one is drawn with this seed and nothing else, so no
 # experiment setting (split_seed, train_subset, val_fraction) can ever move a sample in or out of it.
@@ -37,7 +37,7 @@ class DataSplits:
     input_shape: tuple[int, ...]
     num_classes: int
     name: str
-    task: Task = Task()  # what y holds and how it is measured (dlx.tasks)
+    task: Task = LABELS  # what y holds and how it is measured (dlx.tasks)
 
     # The whole tensors of the in-memory path, for code that indexes them directly; a streamed split has none.
     x_train = property(lambda self: self.train.x)
@@ -159,7 +159,7 @@ def build_splits(
     scale: float = 1.0,
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
-    task: Task = Task(),
+    task: Task = LABELS,
 ) -> DataSplits:
     """Turn raw arrays shaped (N, *sample shape) into in-memory DataSplits; x values are multiplied by scale.
 

@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from dlx.tasks import maximised
+
 CONFIDENCE = 0.95
 ALPHA = 0.05  # a study's difference is called significant when Welch's p < ALPHA
-# metric names that are better when larger; everything else (loss, error, time, gap, sharpness) is minimised
-_MAX_WORDS = ("acc", "f1", "auc", "precision", "recall", "score", "samples_per_sec")
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,8 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> Summary:
 
 
 def direction(metric: str) -> str:
-    """'max' for accuracy-like metrics, 'min' for losses and the rest."""
-    name = metric.lower()
-    return "max" if any(w in name for w in _MAX_WORDS) else "min"
+    """'max' for accuracy-like metrics, 'min' for losses and the rest (dlx.tasks.maximised)."""
+    return "max" if maximised(metric) else "min"
 
 
 def mean_curve(histories: Sequence[dict[int, float]], confidence: float = CONFIDENCE) -> Curve:

@@ -78,7 +78,9 @@ class SweepSettings:
     def resolved_direction(self) -> str:
         if self.direction != "auto":
             return self.direction
-        return "maximize" if self.objective.endswith("acc") else "minimize"
+        from dlx.tasks import maximised
+
+        return "maximize" if maximised(self.objective) else "minimize"
 
 
 def resolve_method(method: str, space) -> str:
