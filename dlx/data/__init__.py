@@ -22,7 +22,9 @@ download=, mirror=)`, ...) and the file readers `npz(path=)`, `csv(path=, label=
 from dlx.data.augment import BatchAugment, create_augmentation, list_augmentations
 from dlx.data.batches import StreamSplit, TensorSplit
 from dlx.data.builtin import cifar10, digits, fashion_mnist, mnist, mnist1d, moons, spirals
+from dlx.data.corpus import text, text_classification
 from dlx.data.files import csv, image_folder, npz
+from dlx.data.sequences import adding, copy, reverse
 from dlx.data.source import Source, Stream, prepare, split_options
 from dlx.data.splits import DatasetError, DataSplits
 
@@ -34,7 +36,9 @@ __all__ = [
     "Stream",
     "StreamSplit",
     "TensorSplit",
+    "adding",
     "cifar10",
+    "copy",
     "create_augmentation",
     "csv",
     "digits",
@@ -46,6 +50,9 @@ __all__ = [
     "moons",
     "npz",
     "prepare",
+    "reverse",
     "spirals",
     "split_options",
+    "text",
+    "text_classification",
 ]
