@@ -70,7 +70,7 @@ def test_copy_and_reverse_targets_with_padding(name):
 
 
 def test_fixed_length_and_option_checks():
-    x, y = dlx.data.reverse(symbols=3, length=4, n_train=50).train
+    x, y = dlx.data.reverse(symbols=5, length=6, n_train=50).train
     assert np.all(x != PAD) and np.array_equal(y, x[:, ::-1])
     with pytest.raises(DatasetError, match=r"^dataset.min_length=5 is longer than dataset.length=4: allowed null "
                                            r"or 1..4$"):
@@ -79,6 +79,8 @@ def test_fixed_length_and_option_checks():
         dlx.data.adding(length=1)
     with pytest.raises(DatasetError, match=r"^dataset.symbols=1 is out of range"):
         dlx.data.copy(symbols=1)
+    with pytest.raises(DatasetError, match=r"^dataset.symbols=2, dataset.length=3: the fixed test split holds every"):
+        dlx.data.reverse(symbols=2, length=3)
 
 
 def decode(tokens, ids) -> str:

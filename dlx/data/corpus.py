@@ -43,13 +43,14 @@ def _windows(ids: np.ndarray, context: int, step: int) -> tuple[np.ndarray, np.n
     return np.ascontiguousarray(view[:, :-1]), np.ascontiguousarray(view[:, 1:])
 
 
-@loader
+@loader(target=Target.steps, tokens=True)
 def text(*, path: str, context: Annotated[int, Range(ge=1)] = 128, val_share: Share = 0.05,
          test_share: Share = 0.05, stride: Annotated[int | None, Range(ge=1)] = None) -> Source:
     """A character language model (Karpathy's char-rnn) on the UTF-8 file at path: the file's first part trains,
     the next val_share of it validates and the last test_share tests, contiguous and in file order. A sample is
     a window of `context` characters and its target the character after each of them. Training windows start
-    every `stride` characters (null: every `context`, no overlap); val and test windows never overlap. The
+    every `stride` characters (null: every `context`, no overlap; each window is stored, so stride s holds
+    context/s copies of the text); val and test windows never overlap. The
     vocabulary is the characters of the training part; id 0 stands for any other."""
     codes = np.frombuffer(_read_text("path", path).encode("utf-32-le"), dtype=np.uint32)
     if not len(codes):
@@ -104,7 +105,7 @@ def _read_rows(key: str, path: str, text: str, label: str, delimiter: str) -> tu
     return [row[at_text] for row in rows[1:]], [row[at_label].strip() for row in rows[1:]]
 
 
-@loader
+@loader(tokens=True)
 def text_classification(*, path: str, text: str = "text", label: str = "label", test_path: str | None = None,
                         tokens: Tokens = Tokens.word, lowercase: bool = True,
                         max_len: Annotated[int, Range(ge=1)] = 128, min_count: Annotated[int, Range(ge=1)] = 1,

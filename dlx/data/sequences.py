@@ -40,7 +40,7 @@ def adding_samples(n: int, length: int, rng: np.random.Generator) -> tuple[np.nd
     return np.stack([values, markers], axis=1).astype(np.float32), y.astype(np.float32)
 
 
-@loader
+@loader(target=Target.value)
 def adding(*, length: Length = 50, n_train: Samples = 10000) -> Source:
     """The adding problem (Hochreiter & Schmidhuber 1997, in the form of Le et al. 2015): a sequence of
     `length` numbers in U(0, 1) and a second channel marking two of them, one in each half; the target is the
@@ -98,6 +98,9 @@ def _symbols_task(name: str, *, reverse: bool, symbols: int, length: int, min_le
     # only with few symbols and short lengths): such samples leave train
     seen = {row.tobytes() for row in x_test}
     x_train = x_train[np.array([row.tobytes() not in seen for row in x_train], dtype=bool)]
+    if not len(x_train):
+        raise DatasetError(f"dataset.symbols={symbols}, dataset.length={length}: the fixed test split holds every "
+                           "sequence there is, which leaves none to train on: allowed more symbols or a longer length")
     tokens = ("<pad>", *(str(s) for s in range(1, symbols + 1)))
     return Source(train=(x_train, copy_targets(x_train, reverse=reverse)),
                   test=(x_test, copy_targets(x_test, reverse=reverse)), num_classes=symbols + 1, name=name,
@@ -108,7 +111,7 @@ Symbols = Annotated[int, Range(ge=2)]
 MinLength = Annotated[int | None, Range(ge=1)]  # null: every sequence is `length` long
 
 
-@loader
+@loader(target=Target.sequence, tokens=True)
 def copy(*, symbols: Symbols = 8, length: Length = 10, min_length: MinLength = None,
          n_train: Samples = 10000) -> Source:
     """Copy a sequence of ids 1..symbols: the target is the input itself, read after the whole input. With
@@ -117,7 +120,7 @@ def copy(*, symbols: Symbols = 8, length: Length = 10, min_length: MinLength = N
                          n_train=n_train)
 
 
-@loader
+@loader(target=Target.sequence, tokens=True)
 def reverse(*, symbols: Symbols = 8, length: Length = 10, min_length: MinLength = None,
             n_train: Samples = 10000) -> Source:
     """Reverse a sequence of ids 1..symbols within its length: the first output needs the last input, the
