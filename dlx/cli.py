@@ -19,6 +19,7 @@ commands:
           e.g. dlx sweep optimizer=sgd,adam seed=0,1,2   (dlx sweep --help for search options)
   study   run a ready-made study (dlx study lists them): dlx study optimizers
   report  a sweep's runs as a table of mean +- 95% CI over seeds, with plots: dlx report <parent run id>
+  sample  text from a character language model run: dlx sample <run id> --prompt "..." --temperature 0.8
   runs    list recent MLflow runs with their key params and metrics
   ui      open the MLflow UI on the tracking store (127.0.0.1)
   sync    replay into the store what a run kept in its spool when the store failed: dlx sync [spool or run folder]
@@ -70,7 +71,7 @@ def _main(argv: list[str] | None) -> int:
         return 0
     command, args = argv[0], argv[1:]
     commands = {"train": cmd_train, "sweep": cmd_sweep, "study": cmd_study, "report": cmd_report,
-                "runs": cmd_runs, "ui": cmd_ui, "sync": cmd_sync}
+                "runs": cmd_runs, "ui": cmd_ui, "sync": cmd_sync, "sample": cmd_sample}
     if command not in commands:
         print(f"dlx: unknown command '{command}'; valid: {', '.join(commands)}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -224,6 +225,12 @@ def cmd_report(args: list[str]) -> int:
     from dlx.report.cli import report_main
 
     return report_main(args)
+
+
+def cmd_sample(args: list[str]) -> int:
+    from dlx.sample import sample_main
+
+    return sample_main(args)
 
 
 def cmd_runs(args: list[str]) -> int:
