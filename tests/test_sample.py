@@ -14,8 +14,8 @@ import pytest
 from conftest import client_for, dlx_env, run_cli_batch, store_uri
 
 TEXT = "abc" * 1500
-LM = ["dataset=text", "dataset.path=abc.txt", "dataset.context=12", "model=lstm", "model.hidden=32",
-      "model.embedding=8", "optimizer.lr=0.02", "trainer.epochs=3", "trainer.progress=none"]
+LM = ["dataset=text", "dataset.path=abc.txt", "dataset.context=12", "model=transformer", "model.width=32",
+      "model.depth=1", "model.heads=2", "optimizer.lr=0.01", "trainer.epochs=3", "trainer.progress=none"]
 
 _SAMPLE = """
 import contextlib, io, json, sys
