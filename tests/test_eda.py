@@ -195,7 +195,8 @@ def test_eda_refuses_data_it_cannot_edit(tmp_path):
     assert create_augmentation(task=Task(vocab=V)) is None
 
 
-def _errors(cases: list[list[str]], where: Path, files=()) -> dict:
+def train_batch(cases: list[list[str]], where: Path, files=()) -> dict:
+    """args -> [exit code, stderr, files left] of `dlx train ARGS` for each case (conftest.run_cli_batch)."""
     results = run_cli_batch([["train", *c] for c in cases], where, files=files)
     return {tuple(json.loads(k)[1:]): v for k, v in results.items()}
 
@@ -212,7 +213,7 @@ def test_dlx_train_refuses_eda_mistakes_in_one_line_before_data_loads(tmp_path, 
         ("augmentation=eda", "augmentation.synonyms=syn.txt", "trainer.progress=none"):
             "EDA edits token sequences, and the dataset gives real-valued inputs",
     }
-    results = _errors([list(c) for c in cases], workdir, files=[syn])
+    results = train_batch([list(c) for c in cases], workdir, files=[syn])
     for case, says in cases.items():
         code, stderr, left = results[case]
         lines = stderr.strip().splitlines()
@@ -220,3 +221,47 @@ def test_dlx_train_refuses_eda_mistakes_in_one_line_before_data_loads(tmp_path, 
         assert says in lines[0], (case, stderr)
         assert not any(f.endswith("mlflow.db") for f in left), (case, left)
     assert all_runs(workdir) == []
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def reviews(where: Path) -> list[str]:
+    """A small labelled CSV and a synonym file in `where`; the overrides that train a text classifier on them
+    with augmentation=eda."""
+    rows = ["text,label"]
+    for i in range(40):
+        for words, label in ((["good", "fine", "nice"], "pos"), (["bad", "poor"], "neg")):
+            rows.append(f"the movie was {words[i % len(words)]} and the plot was {words[(i + 1) % len(words)]},{label}")
+    (where / "reviews.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (where / "syn.txt").write_text(SYNONYMS, encoding="utf-8")
+    return ["dataset=text_classification", "dataset.path=reviews.csv", "dataset.max_len=10", "model=transformer",
+            "model.width=16", "model.depth=1", "model.heads=2", "augmentation=eda", "augmentation.synonyms=syn.txt",
+            "trainer.epochs=2", "trainer.batch_size=16", "trainer.progress=none"]
+
+
+def test_eda_edits_the_training_batches_of_a_text_classifier(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from dlx.build import build
+    from dlx.compose import compose
+
+    args = reviews(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cfg = OmegaConf.to_container(compose([*args, "tracking.enabled=false"]), resolve=True, enum_to_str=True)
+    built = build(cfg)
+    eda, data = built.trainer.augment, built.data
+    assert isinstance(eda, EDA) and eda.ops == ["swap", "delete", "insert", "replace"]
+    ids = {t: i for i, t in enumerate(data.task.tokens)}
+    assert synonyms_of((eda.table, eda.count), ids["good"]) == {ids["fine"], ids["nice"]}
+    x, y = data.train.take(torch.arange(len(data.train)))
+    torch.manual_seed(0)
+    out, y_a, _, _ = eda(x, y)
+    assert y_a is y and (out != x).any(1).float().mean() > 0.5
+
+
+def test_dlx_train_with_eda_finishes(tmp_path, workdir):
+    args = reviews(tmp_path)
+    results = train_batch([args], workdir, files=[tmp_path / "reviews.csv", tmp_path / "syn.txt"])
+    code, stderr, left = results[tuple(args)]
+    assert code == 0, stderr
+    (run,) = all_runs(workdir / "case0")
+    assert run.info.status == "FINISHED" and run.data.params["augmentation.swap_rate"] == "0.1"
