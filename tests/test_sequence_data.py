@@ -4,12 +4,13 @@ training split alone, one-line errors, and `dlx train` on each through the real 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from conftest import QUICK, all_runs, client_for, run_cli_batch, run_dlx
+from conftest import QUICK, all_runs, run_cli_batch, run_dlx
 
 import dlx.data
 from dlx.data import DatasetError, prepare
@@ -211,49 +212,66 @@ def test_train_on_the_adding_problem(workdir):
     assert run.data.params["dataset.length"] == "10"
 
 
-def test_bad_options_and_files_exit_2_without_a_run(tmp_path):
-    short = tmp_path / "short.txt"
-    short.write_text("too short for a window", encoding="utf-8")
-    cases = [["train", *args, *QUICK] for args in (
-        ["dataset=adding", "dataset.length=1"],
-        ["dataset=copy", "dataset.symbols=0"],
-        ["dataset=copy", "dataset.min_length=12"],
-        ["dataset=text"],
-        ["dataset=text", "dataset.path=short.txt"],
-        ["dataset=text_classification", "dataset.path=short.txt", "dataset.tokens=bytes"],
-    )]
-    results = run_cli_batch(cases, tmp_path, files=[short])
-    for args, (code, stderr, left) in results.items():
-        assert code == 2 and stderr.startswith("dlx: error: dataset.") and stderr.count("\n") == 1, (args, stderr)
-        assert not any(f.endswith("mlflow.db") for f in left), (args, left)
-
-
 # the recurrent models have no width: their size is `hidden`
 SEQ_QUICK = ["trainer.epochs=2", "model.hidden=32", "trainer.progress=plain"]
+CORPUS = "the cat sat on the mat. " * 200
+TRAINED = {
+    "text_classification": ["dataset=text_classification", "dataset.path=reviews.csv", "dataset.max_len=8",
+                            "model=lstm", *SEQ_QUICK],
+    "text": ["dataset=text", "dataset.path=corpus.txt", "dataset.context=16", "model=lstm", *SEQ_QUICK],
+    "copy": ["dataset=copy", "dataset.length=5", "dataset.n_train=500", "model=seq2seq", *SEQ_QUICK],
+}
+LSTM, SEQ2SEQ = ["model=lstm", *SEQ_QUICK], ["model=seq2seq", *SEQ_QUICK]
+REFUSED = [
+    ["dataset=adding", "dataset.length=1", *QUICK],
+    ["dataset=copy", "dataset.symbols=0", *SEQ2SEQ],
+    ["dataset=copy", "dataset.min_length=12", *SEQ2SEQ],
+    ["dataset=text", *LSTM],
+    ["dataset=text", "dataset.path=short.txt", *LSTM],
+    ["dataset=text_classification", "dataset.path=short.txt", "dataset.tokens=bytes", *LSTM],
+]
 
 
-def test_train_text_classification_with_an_lstm(workdir):
-    write_reviews(workdir / "reviews.csv", 60)
-    proc = run_dlx(["train", "dataset=text_classification", "dataset.path=reviews.csv", "dataset.max_len=8",
-                    "model=lstm", *SEQ_QUICK], workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = all_runs(workdir)
-    assert "test/acc" in run.data.metrics and run.info.status == "FINISHED"
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """The TRAINED and REFUSED cases of `dlx train`, each in a folder of its own, run by dlx's main() in one
+    process (torch, Hydra and MLflow are imported once): args -> (exit code, stderr, the case's folder)."""
+    top = tmp_path_factory.mktemp("cli")
+    files = [write_reviews(top / "reviews.csv", 60), top / "corpus.txt", top / "short.txt"]
+    files[1].write_text(CORPUS, encoding="utf-8")
+    files[2].write_text("too short for a window", encoding="utf-8")
+    cases = [["train", *args] for args in (*TRAINED.values(), *REFUSED)]
+    results = run_cli_batch(cases, top, files=files)
+    return {tuple(args[1:]): (*results[json.dumps(args)][:2], top / f"case{i}") for i, args in enumerate(cases)}
 
 
-def test_train_a_char_model_and_copy(workdir):
-    corpus = "the cat sat on the mat. " * 200
-    (workdir / "corpus.txt").write_text(corpus, encoding="utf-8")
-    proc = run_dlx(["train", "dataset=text", "dataset.path=corpus.txt", "dataset.context=16", "model=lstm",
-                    *SEQ_QUICK], workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = all_runs(workdir)
-    metrics = run.data.metrics
+def test_bad_options_and_files_exit_2_without_a_run(cli):
+    for args in REFUSED:
+        code, stderr, folder = cli[tuple(args)]
+        assert code == 2 and stderr.startswith("dlx: error: dataset.") and stderr.count("\n") == 1, (args, stderr)
+        assert all_runs(folder) == [], args
+
+
+def finished(cli, name: str):
+    code, stderr, folder = cli[tuple(TRAINED[name])]
+    assert code == 0, stderr[-3000:]
+    (run,) = all_runs(folder)
+    assert run.info.status == "FINISHED"
+    return run
+
+
+def test_train_text_classification_with_an_lstm(cli):
+    run = finished(cli, "text_classification")
+    assert "test/acc" in run.data.metrics and run.data.params["dataset.tokens"] == "word"
+
+
+def test_train_a_char_model(cli):
+    metrics = finished(cli, "text").data.metrics
     assert math.isclose(metrics["test/bpc"], metrics["test/loss"] / math.log(2), rel_tol=1e-6)
-    assert metrics["test/perplexity"] < len(set(corpus)) + 1, "better than a uniform guess over its vocabulary"
-    proc = run_dlx(["train", "dataset=copy", "dataset.length=5", "dataset.n_train=500", "model=seq2seq", *SEQ_QUICK],
-                   workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    copy_run = next(r for r in all_runs(workdir) if r.info.run_id != run.info.run_id)
-    assert {"test/token_acc", "test/seq_acc"} <= set(copy_run.data.metrics)
-    assert client_for(workdir).get_run(copy_run.info.run_id).data.params["dataset._target_"] == "dlx.data.copy"
+    assert metrics["test/perplexity"] < len(set(CORPUS)) + 1, "better than a uniform guess over its vocabulary"
+
+
+def test_train_copy_with_seq2seq(cli):
+    run = finished(cli, "copy")
+    assert {"test/token_acc", "test/seq_acc"} <= set(run.data.metrics)
+    assert run.data.params["dataset._target_"] == "dlx.data.copy"
