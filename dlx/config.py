@@ -152,12 +152,20 @@ class SharpnessConfig:
 
 
 @dataclass
+class SequenceConfig:
+    enabled: bool = False
+    samples: Annotated[int, Range(ge=1)] = 64  # a fixed, seeded batch of training samples: gradient through time
+    maps: Annotated[int, Range(ge=0)] = 4  # validation samples whose attention maps are drawn
+
+
+@dataclass
 class DiagnosticsConfig:
     gap: bool = True  # gap/acc and gap/loss: the training split re-evaluated on the final weights
     target: float | None = None  # epochs_to_target: the first epoch where target_metric reaches this value
     target_metric: str = "val/acc"
     layers: LayerStatsConfig = field(default_factory=LayerStatsConfig)
     sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
 
 
 @dataclass

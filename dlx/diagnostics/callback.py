@@ -23,11 +23,16 @@ class DiagnosticsCallback(Callback):
         self.reached: int | None = None
         self.profiles: dict[int, tuple[list[float], list[float]]] = {}
         self._batch = None
+        self.sequence = None
+        if cfg["sequence"]["enabled"]:
+            from dlx.diagnostics.sequence import SequenceDiagnostics
+
+            self.sequence = SequenceDiagnostics(cfg["sequence"], tracker, run_dir, seed)
 
     @staticmethod
     def wanted(cfg: dict) -> bool:
         return bool(cfg["gap"] or cfg["target"] is not None or cfg["layers"]["enabled"]
-                    or cfg["sharpness"]["enabled"])
+                    or cfg["sharpness"]["enabled"] or cfg["sequence"]["enabled"])
 
     # ------------------------------------------------------------------ during training
     def on_fit_start(self, trainer, state):
@@ -35,6 +40,8 @@ class DiagnosticsCallback(Callback):
             self.reached = next((h["epoch"] for h in state.history if self._hit(h)), None)
         if self.cfg["layers"]["enabled"] and state.epoch == 0:
             self._layers(trainer, 0)
+        if self.sequence is not None and state.epoch == 0:
+            self.sequence.gradients(trainer, "init")
 
     def on_step(self, trainer, state): ...
 
@@ -106,4 +113,6 @@ class DiagnosticsCallback(Callback):
             png = plot_depth_profiles({"run": self.profiles}, self.run_dir / "depth_profiles.png",
                                       title="layer statistics at initialisation and at the end")
             self.tracker.log_artifact(png, "plots")
+        if self.sequence is not None:  # gradient through time and attention maps (dlx.diagnostics.sequence)
+            self.sequence.finish(trainer)
         return out
