@@ -3,6 +3,9 @@ block they share (its explicit-weights path against SDPA, masks, pre- and post-L
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -198,3 +201,28 @@ def test_classifiers_compile_to_one_graph(make):
     model.eval()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_dlx_trains_a_vit_on_digits_and_a_transformer_on_copy(tmp_path):
+    """Both models through the real command line, the store read back: the ViT on images, the encoder-decoder
+    on a sequence target with its token and sequence metrics (evaluation decodes greedily)."""
+    from conftest import all_runs, run_cli_batch
+
+    common = ["trainer.epochs=2", "trainer.progress=none", "model.width=16", "model.heads=2"]
+    cases = [["train", *common, "model=vit", "model.placement=post"],
+             ["train", *common, "model=transformer", "dataset=copy", "dataset.n_train=400", "model.depth=1",
+              "model.positions=learned"]]
+    results = run_cli_batch(cases, tmp_path)
+    for i, args in enumerate(cases):
+        code, err, _ = results[json.dumps(args)]
+        assert code == 0, err[-3000:]
+        (run,) = all_runs(tmp_path / f"case{i}")
+        assert run.info.status == "FINISHED"
+        metrics = run.data.metrics
+        assert 0 <= metrics["test/acc"] <= 1 and math.isfinite(metrics["test/loss"])
+        if i == 0:
+            assert run.data.params["model._target_"] == "dlx.models.vit.ViT"
+            assert run.data.params["model.placement"] == "post"
+        else:
+            assert run.data.params["model.positions"] == "learned"
+            assert metrics["test/token_acc"] == metrics["test/acc"] and 0 <= metrics["test/seq_acc"] <= 1
