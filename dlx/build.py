@@ -25,10 +25,12 @@ from dlx.engine import (
     smallest_train_batch,
     train_batches,
 )
-from dlx.losses import create_loss
+from dlx.losses import LABELS_ONLY, create_loss
 from dlx.models import check_io
+from dlx.models.layers import DATA_ARGUMENTS
 from dlx.optim import create_optimizer
 from dlx.schedule import create_scheduler
+from dlx.tasks import Target
 
 
 def select_device(name: str) -> torch.device:
@@ -54,25 +56,56 @@ def build_data(cfg: dict, device: torch.device) -> DataSplits:
     return prepare(source, device=device, **split)
 
 
-def data_arguments(target: str, data: DataSplits) -> dict[str, Any]:
-    """What the data tells a model beside input_shape and num_classes (models.DATA_ARGUMENTS), for a model whose
-    signature names them. A model that names none of them reads real-valued inputs and one output per sample:
-    token inputs or per-position targets are refused for it, before any run starts."""
-    task = data.task
-    given = {"vocab": task.vocab, "target": task.target.value, "target_len": task.target_len}
+def pairing_problems(cfg: dict, data: str, target: Target, tokens: bool) -> list[str]:
+    """What the data's kind rules out: a model that reads only real-valued inputs on token ids, a model with
+    one output per sample for targets with one per position, a classification loss on real-valued targets.
+    Checked on the declared kind of a built-in dataset before any data loads (dlx.components.problems), and
+    on the data itself once loaded."""
+    model = cfg["model"]["_target_"]
+    named = _parameters(model)
+    out = []
+    kinds = {"vocab": "token ids for inputs", "target_len": f"{target.value} targets (one per position)"}
+    needed = [arg for arg, need in (("vocab", tokens), ("target_len", target in (Target.steps, Target.sequence)))
+              if need and arg not in named]
+    if needed:
+        allowed = [m for m in _models_taking(*needed)]
+        out.append(f"model._target_={model}: cannot serve dataset {data}, which has "
+                   f"{' and '.join(kinds[a] for a in needed)}: allowed {', '.join(allowed) or 'a model that takes '}"
+                   f"{'' if allowed else ', '.join(needed)}")
+    if target is Target.value and locate(cfg["loss"]["_target_"], "loss._target_") in LABELS_ONLY:
+        out.append(f"loss._target_={cfg['loss']['_target_']}: takes class labels, and dataset {data} has "
+                   "real-valued targets: allowed loss=mse, mae or huber")
+    return out
+
+
+def _parameters(target: str) -> dict:
+    """The parameters of a target's signature (every data argument for one taking **kwargs)."""
+    fn = locate(target, "_target_")
     try:
-        named = inspect.signature(locate(target, "model._target_")).parameters
+        named = dict(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         named = {}
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in named.values()):
-        named = given
-    if task.vocab is not None and "vocab" not in named:
-        raise ConfigError(f"model._target_={target}: reads real-valued inputs, and dataset {data.name} gives token "
-                          "ids: use a model that takes `vocab` (rnn, lstm, gru, transformer, seq2seq)")
-    if task.per_position and "target_len" not in named:
-        raise ConfigError(f"model._target_={target}: gives one output per sample, and dataset {data.name} has "
-                          f"{task.target.value} targets (one per position): use a model that takes `target_len` "
-                          "(rnn, lstm, gru, transformer, seq2seq)")
+        named.update(dict.fromkeys(DATA_ARGUMENTS))
+    return named
+
+
+def _models_taking(*arguments: str) -> list[str]:
+    from dlx.components import builtin
+
+    return [f"model={name}" for name, target in sorted(builtin()["model"].items())
+            if set(arguments) <= set(_parameters(target))]
+
+
+def data_arguments(cfg: dict, data: DataSplits) -> dict[str, Any]:
+    """What the data tells a model beside input_shape and num_classes (models.DATA_ARGUMENTS), for a model whose
+    signature names them."""
+    task = data.task
+    found = pairing_problems(cfg, data.name, task.target, task.vocab is not None)
+    if found:
+        raise ConfigError(found[0])
+    named = _parameters(cfg["model"]["_target_"])
+    given = {"vocab": task.vocab, "target": task.target.value, "target_len": task.target_len}
     return {k: v for k, v in given.items() if k in named}
 
 
@@ -81,7 +114,7 @@ def build_model(cfg: dict, data: DataSplits) -> nn.Module:
     shape = check_io(data.input_shape, data.num_classes)
     target = cfg["model"]["_target_"]
     model = call("model", target, make, input_shape=shape, num_classes=data.num_classes,
-                 **data_arguments(target, data))
+                 **data_arguments(cfg, data))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={cfg['model']['_target_']}: returned a {type(model).__name__}, not a "
                           "torch.nn.Module")

@@ -238,7 +238,19 @@ def problems(cfg: Mapping) -> list[str]:
         if rules and not found:
             found += _object(rules)(target, {**options, **extras})
         out += found
+    declared = getattr(_located(cfg, "dataset"), "declared", None)  # what a built-in dataset's Source holds
+    if declared is not None and not out and all(_located(cfg, g) for g in ("model", "loss")):
+        from dlx.build import pairing_problems
+
+        out += pairing_problems(cfg, cfg["dataset"]["_target_"].rpartition(".")[2], *declared)
     return out
+
+
+def _located(cfg: Mapping, group: str) -> Callable | None:
+    try:
+        return locate(cfg[group]["_target_"], f"{group}._target_")
+    except (ConfigError, KeyError, TypeError):
+        return None
 
 
 def _signature_problems(group: str, target: str, fn: Callable, options: dict) -> list[str]:

@@ -152,3 +152,7 @@ def _parameters(fn: Callable) -> Mapping[str, inspect.Parameter]:
         return inspect.signature(fn).parameters
     except (TypeError, ValueError):  # a builtin without a signature
         return {}
+
+
+# the losses that take class labels only: refused for real-valued targets with the configuration
+LABELS_ONLY = (CrossEntropy, BinaryCrossEntropy, Hinge)

@@ -86,7 +86,7 @@ def test_a_value_target_trains_with_mse_and_reports_mse_and_solved(results):
 
 def test_a_classification_loss_on_value_targets_is_one_line_before_any_run(results):
     folder, (code, err, _) = results["value_ce"]
-    assert code == 2 and "loss=ce takes class labels" in err and "mse" in err, err
+    assert code == 2 and "loss._target_=dlx.losses.CrossEntropy: takes class labels" in err and "mse" in err, err
     assert "Traceback" not in err and not (folder / "outputs" / "mlflow.db").exists() or not _runs(folder)
 
 
@@ -111,8 +111,25 @@ def test_a_per_position_target_with_a_teacher_forced_user_model(results):
 
 def test_a_model_for_real_valued_inputs_is_refused_on_token_data(results):
     folder, (code, err, _) = results["steps_mlp"]
-    assert code == 2 and "reads real-valued inputs" in err and "vocab" in err, err
+    assert code == 2 and "cannot serve dataset echo, which has token ids for inputs and steps targets" in err, err
     assert "Traceback" not in err and not _runs(folder)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["dataset=adding"], "loss._target_=dlx.losses.CrossEntropy: takes class labels, and dataset adding has "
+                         "real-valued targets: allowed loss=mse, mae or huber"),
+    (["dataset=copy", "model=cnn"], "model._target_=dlx.models.CNN: cannot serve dataset copy, which has token ids "
+                                    "for inputs and sequence targets (one per position): allowed model="),
+    (["dataset=text_classification", "dataset.path=t.csv"], "model._target_=dlx.models.MLP: cannot serve dataset "
+                                                            "text_classification, which has token ids for inputs"),
+])
+def test_a_built_in_data_set_declares_its_kind_and_a_mismatch_is_refused_while_composing(overrides, message):
+    from dlx.compose import compose
+    from dlx.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:  # composing loads no data: the dataset's declaration decides
+        compose(overrides)
+    assert message in str(info.value)
 
 
 # ------------------------------------------------------------------------------------ the parts, directly

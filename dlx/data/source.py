@@ -94,9 +94,14 @@ def split_options(*, val_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1,
 _SPLIT_SPEC = functools.cache(lambda: spec(split_options))
 
 
-def loader(fn: Callable[..., Source]) -> Callable[..., Source]:
+def loader(fn: Callable[..., Source] | None = None, *, target: Target = Target.label,
+           tokens: bool = False) -> Callable[..., Source]:
     """A built-in dataset's options are checked from its own signature when Python calls it directly, with
-    the messages (dataset.<option>=...) the config checks give."""
+    the messages (dataset.<option>=...) the config checks give. `target` and `tokens` declare what its Source
+    holds, so that a model or loss that cannot serve it is refused with the configuration, before any data
+    loads (dlx.build.pairing_problems); a user's dataset is checked on its data instead."""
+    if fn is None:
+        return functools.partial(loader, target=target, tokens=tokens)
     options = spec(fn)
 
     @functools.wraps(fn)
@@ -106,6 +111,7 @@ def loader(fn: Callable[..., Source]) -> Callable[..., Source]:
             raise DatasetError("; ".join(found))
         return fn(**kwargs)
 
+    checked.declared = (Target(target), bool(tokens))
     return checked
 
 
