@@ -1,0 +1,191 @@
+"""Tokens per second of a character language model under `dlx train` against a hand-written loop, in one process.
+
+    python bench/sequence.py [--model transformer|lstm] [--epochs N] [--repeats R] [--chars C] [--threads T]
+
+The text is the repository's own: its Markdown and the Python of dlx/, the first --chars characters. The same
+char LM (dataset=text, dlx.build.build_model, same config, seed and size), the same windows (dlx.build.build_data),
+the same batch size and torch.optim.Adam with the same lr are trained three times per repeat, as bench/overhead.py
+does for the digits MLP and CNN, whose comparison and report this script shares:
+
+* dlx: a real `dlx train` run through dlx.run.train, in a temporary SQLite store (params, metrics, checkpoints,
+  plots); its per-epoch `epoch_time` is read back from MLflow.
+* baseline: what one writes by hand: randperm shuffle, forward, per-token cross-entropy over the flattened
+  (N * T, C) logits, backward, step; then the validation loss and token accuracy; timed with perf_counter.
+* same_kernel: the same loop with the Adam kernel dlx picks (fused on CPU): dlx's own cost.
+
+Tokens per second are training tokens (windows x context) per median epoch, validation included in the epoch as
+dlx's `epoch_time` includes it. Each loop runs first in turn from repeat to repeat; the first epoch of every run
+is warm-up and dropped; the ratio compares median epoch times (target <= 1.10). Measurements: bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from overhead import BASELINES, Comparison, report, working_directory
+
+REPO = Path(__file__).resolve().parents[1]
+# small enough for a 2-core CPU: a few seconds an epoch
+MODELS = {
+    "transformer": ["model=transformer", "model.width=64", "model.depth=2", "model.heads=4"],
+    "lstm": ["model=lstm", "model.hidden=128", "model.embedding=32"],
+}
+
+
+def corpus(path: Path, chars: int) -> int:
+    """Write the first `chars` characters of the repository's Markdown and dlx's Python to path; their count."""
+    files = sorted(REPO.glob("*.md")) + sorted(REPO.glob("docs/**/*.md")) + sorted(REPO.glob("dlx/**/*.py"))
+    text = "\n".join(f.read_text(encoding="utf-8") for f in files)[:chars]
+    path.write_text(text, encoding="utf-8")
+    return len(text)
+
+
+def overrides(model: str, text: Path, context: int, epochs: int) -> list[str]:
+    return ["dataset=text", f"dataset.path='{text}'", f"dataset.context={context}", *MODELS[model],
+            f"trainer.epochs={epochs}", "trainer.progress=plain"]
+
+
+def run_dlx(args: list[str], store: Path, run_name: str) -> tuple[list[float], float]:
+    """One `dlx train` run; (epoch_time per epoch, mean wall seconds per epoch after the first) from MLflow."""
+    from mlflow import MlflowClient
+
+    from dlx.compose import compose
+    from dlx.run import train
+
+    cfg = compose([*args, f"tracking.uri='sqlite:///{store / 'mlflow.db'}'",
+                   f"tracking.artifact_location='{(store / 'artifacts').as_uri()}'", "tracking.experiment=sequence",
+                   f"tracking.run_name={run_name}"])
+    with working_directory(store), contextlib.redirect_stdout(io.StringIO()):
+        train(cfg)
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'")
+    if len(runs) != 1 or runs[0].info.status != "FINISHED":
+        raise RuntimeError(f"dlx run {run_name}: expected one FINISHED run, found {[r.info.status for r in runs]}")
+    history = sorted(client.get_metric_history(runs[0].info.run_id, "epoch_time"), key=lambda m: m.step)
+    if len(history) != cfg.trainer.epochs:
+        raise RuntimeError(f"dlx run {run_name}: epoch_time logged for steps {[m.step for m in history]}")
+    wall = (history[-1].timestamp - history[0].timestamp) / 1000 / (len(history) - 1)
+    return [m.value for m in history], wall
+
+
+def run_baseline(args: list[str], same_kernel: bool) -> tuple[list[float], float, int, int, int]:
+    """The hand-written loop; (epoch times, mean wall seconds per epoch after the first, parameters, steps per
+    epoch, training tokens per epoch)."""
+    import torch
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+
+    from dlx.build import build_data, build_model, select_device
+    from dlx.compose import compose
+    from dlx.optim import fastest_implementation
+    from dlx.tasks import IGNORE
+
+    cfg = OmegaConf.to_container(compose([*args, "tracking.enabled=false"]), resolve=True, enum_to_str=True)
+    device = select_device(cfg["trainer"]["device"])
+    torch.manual_seed(cfg["trainer"]["seed"])
+    data = build_data(cfg, device)
+    net = build_model(cfg, data).to(device)
+    kernel = fastest_implementation(torch.optim.Adam, {device}) if same_kernel else {}
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg["optimizer"]["lr"], **kernel)
+    batch_size = cfg["trainer"]["batch_size"]
+    x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
+    n = len(x_train)
+
+    times, ends = [], []
+    for _ in range(cfg["trainer"]["epochs"]):
+        t0 = time.perf_counter()
+        net.train()
+        perm = torch.randperm(n, device=device)
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            loss = F.cross_entropy(net(x_train[idx]).flatten(0, 1), y_train[idx].flatten(), ignore_index=IGNORE)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            logits = net(x_val)
+            val_loss = F.cross_entropy(logits.flatten(0, 1), y_val.flatten(), ignore_index=IGNORE).item()
+            val_acc = (logits.argmax(-1) == y_val).float().mean().item()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        end = time.perf_counter()
+        times.append(end - t0)
+        ends.append(end)
+    if not (math.isfinite(val_loss) and 0.0 <= val_acc <= 1.0):
+        raise RuntimeError(f"baseline: bad validation metrics {val_loss}, {val_acc}")
+    params = sum(p.numel() for p in net.parameters())
+    return times, (ends[-1] - ends[0]) / (len(ends) - 1), params, -(-n // batch_size), x_train.numel()
+
+
+def measure(model: str, args: list[str], repeats: int, store: Path) -> tuple[Comparison, int]:
+    c, tokens = Comparison(), 0
+    sides = ("dlx", *BASELINES)
+    for r in range(repeats):
+        for side in sides[r % len(sides):] + sides[:r % len(sides)]:  # each loop runs first in turn
+            if side == "dlx":
+                times, wall = run_dlx(args, store, f"{model}-{r}")
+            else:
+                times, wall, c.params, c.steps_per_epoch, tokens = run_baseline(args, side == "same_kernel")
+            s = getattr(c, side)
+            s.epochs += times[1:]  # the first epoch of every run is warm-up
+            s.per_run.append(statistics.median(times[1:]))
+            s.wall.append(wall)
+        print(f"  repeat {r + 1}/{repeats}: median epoch "
+              + ", ".join(f"{side} {getattr(c, side).per_run[-1] * 1e3:.1f} ms" for side in sides), flush=True)
+    return c, tokens
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="transformer")
+    p.add_argument("--epochs", type=int, default=8, help="epochs per run, the first one dropped (default 8)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each loop (default 3)")
+    p.add_argument("--chars", type=int, default=150_000, help="characters of text (default 150000)")
+    p.add_argument("--context", type=int, default=64, help="characters per window (default 64)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads; 0 keeps torch's default "
+                   "(default 1, as bench/overhead.py: several threads on a shared machine measure the load)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a ratio misses the target")
+    ns = p.parse_args(argv)
+    if ns.epochs < 3 or ns.repeats < 1:
+        p.error("need --epochs >= 3 and --repeats >= 1")
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import torch
+
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dlx-sequence-") as tmp:
+        text = Path(tmp) / "corpus.txt"
+        chars = corpus(text, ns.chars)
+        args = overrides(ns.model, text, ns.context, ns.epochs)
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None
+        print(f"dlx sequence: char LM, model={ns.model}, {chars:,} characters of the repository's text, context "
+              f"{ns.context}, torch {torch.__version__} with {torch.get_num_threads()} thread(s), {os.cpu_count()} "
+              f"CPUs, {ns.epochs} epochs x {ns.repeats} repeats per loop, first epoch of each run dropped"
+              + (f"; load average at start {load[0]:.2f}" if load else ""))
+        comparison, tokens = measure(ns.model, args, ns.repeats, Path(tmp))
+    print()
+    ok = report({f"char LM {ns.model}": comparison})
+    rates = ", ".join(f"{side} {tokens / statistics.median(getattr(comparison, side).epochs):,.0f}"
+                      for side in ("dlx", *BASELINES))
+    print(f"  tokens per second      {rates}  ({tokens:,} training tokens per epoch, validation in the epoch)")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print("\nratio = dlx / baseline of the median epoch times (the inverse of the tokens-per-second ratio)"
+          + (f"; load average at end {load[0]:.2f}" if load else "") + f"; took {time.perf_counter() - t0:.0f}s")
+    return 0 if ok or not ns.strict else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
