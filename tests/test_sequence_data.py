@@ -212,6 +212,17 @@ def test_train_on_the_adding_problem(workdir):
     assert run.data.params["dataset.length"] == "10"
 
 
+def test_each_loader_declares_what_its_source_holds(tmp_path):
+    """The declaration the configuration check reads before any data loads agrees with the Source itself."""
+    file = tmp_path / "t.txt"
+    file.write_text("abc " * 200, encoding="utf-8")
+    for fn, options in ((dlx.data.adding, {"n_train": 10}), (dlx.data.copy, {"n_train": 10}),
+                        (dlx.data.reverse, {"n_train": 10}), (dlx.data.text, {"path": str(file), "context": 8}),
+                        (dlx.data.text_classification, {"path": str(write_reviews(tmp_path / "r.csv"))})):
+        source = fn(**options)
+        assert fn.declared == (source.target, source.vocab is not None), fn.__name__
+
+
 # the recurrent models have no width: their size is `hidden`
 SEQ_QUICK = ["trainer.epochs=2", "model.hidden=32", "trainer.progress=plain"]
 CORPUS = "the cat sat on the mat. " * 200
