@@ -189,11 +189,12 @@ def plot_attention(weights: torch.Tensor, x: torch.Tensor, path: str | Path, *, 
     fig, axes = plt.subplots(n, 2 if image else 1, figsize=(8 if image else 6, 3 * n), squeeze=False)
     for i in range(n):
         ax = axes[i, -1]
-        shown = ax.imshow(weights[i].numpy(), cmap="viridis", aspect="auto", vmin=0)
+        shown = ax.imshow(weights[i].numpy(), cmap="viridis", aspect="equal" if image else "auto", vmin=0)
         fig.colorbar(shown, ax=ax, fraction=0.046)
         if image:
             axes[i, 0].imshow(_image(x[i]), cmap="gray")
             axes[i, 0].set_axis_off()
+            ax.set_axis_off()  # a map over the patch grid, beside the image it covers
             ax.set_title(f"sample {i}: {name}")
         else:
             ax.set_xlabel("input position")
@@ -214,6 +215,7 @@ class SequenceDiagnostics:
         self.cfg, self.tracker, self.run_dir, self.seed = cfg, tracker, Path(run_dir), seed
         self.curves: dict[str, list[float]] = {}
         self._batch = None
+        self._skipped = False  # the model has no recurrent layer to follow: said once
 
     def gradients(self, trainer, when: str) -> None:
         """Log bptt/grad_norm_<when> (step = t) and bptt/first_last_<when>; `when` is init or final."""
@@ -223,7 +225,8 @@ class SequenceDiagnostics:
             self._batch = fixed_subset(trainer.data.train, self.cfg["samples"], self.seed)
         norms = grad_through_time(trainer.model, trainer.eval_loss_fn, *self._batch)
         if norms is None:
-            if when == "init" or not self.curves:
+            if not self._skipped:
+                self._skipped = True
                 log.info("diagnostics.sequence: the model has no recurrent layer over the whole input; "
                          "no gradient through time")
             return
