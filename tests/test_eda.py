@@ -205,13 +205,16 @@ def test_dlx_train_refuses_eda_mistakes_in_one_line_before_data_loads(tmp_path, 
     syn = tmp_path / "syn.txt"
     syn.write_text(SYNONYMS, encoding="utf-8")
     # dataset.path names no file: a message about augmentation proves it came before the data was read
-    no_data = ["dataset=npz", "dataset.path=absent.npz", "trainer.progress=none"]
+    no_data = ["dataset=text_classification", "dataset.path=absent.csv", "model=transformer", "trainer.progress=none"]
     cases = {
         ("augmentation=eda", "augmentation.synonyms=absent.txt", *no_data): "augmentation.synonyms=absent.txt: no such file",
         ("augmentation=eda", "augmentation.swap_rate=2", *no_data): "augmentation.swap_rate=2.0 is out of range: allowed in [0, 1]",
         ("augmentation=eda", *no_data): "augmentation.replace_rate=0.1 needs augmentation.synonyms=FILE",
+        # what a built-in dataset declares it holds is enough
         ("augmentation=eda", "augmentation.synonyms=syn.txt", "trainer.progress=none"):
-            "EDA edits token sequences, and the dataset gives real-valued inputs",
+            "EDA edits token sequences, and dataset=digits gives real-valued inputs",
+        ("augmentation=eda", "augmentation.synonyms=syn.txt", "dataset=text", "dataset.path=absent.txt",
+         "model=transformer", "trainer.progress=none"): "and dataset=text has steps targets; allowed: label or value",
     }
     results = train_batch([list(c) for c in cases], workdir, files=[syn])
     for case, says in cases.items():

@@ -61,21 +61,43 @@ def enabled(values: Mapping) -> bool:
     return any(values.get(key) for key in RATES.values())
 
 
-def config_problems(augmentation: Mapping) -> list[str]:
+def config_problems(augmentation: Mapping, *, dataset: str | None = None, declared=None) -> list[str]:
     """What is wrong with the EDA keys of a composed augmentation group, found without loading data: a rate out
-    of range, synonym replacement without a file, a file that cannot be read."""
+    of range, synonym replacement without a file, a file that cannot be read, and, for a built-in dataset that
+    declares what it holds (`declared`: (dlx.tasks.Target, token inputs?), dlx.data.source.loader), data EDA
+    cannot edit."""
     values = {k: v for k, v in augmentation.items() if k in KEYS}
     found = problems(_spec(), values, "augmentation")
+    if found or not enabled(values):
+        return found
+    if declared is not None:
+        target, tokens = declared
+        found += data_problems(values, f"dataset={dataset}", target=target, tokens=tokens)
     path = values.get("synonyms")
     if path is None and values.get("replace_rate"):
         found.append(f"augmentation.replace_rate={values['replace_rate']} needs augmentation.synonyms=FILE ({FORMAT}); "
                      "allowed without one: augmentation.replace_rate=0")
-    elif path is not None and enabled(values):
+    elif path is not None:
         try:
             read_synonyms(path)
         except ValueError as exc:
             found.append(str(exc))
-    return found
+    return found[:1]  # one mistake, one line: the first of them
+
+
+def data_problems(values: Mapping, name: str, *, target, tokens: bool, shape: tuple[int, ...] | None = None) -> list[str]:
+    """EDA on data it cannot edit: real-valued inputs, or targets per position (which a changed sequence would
+    no longer match)."""
+    keys = f"augmentation ({', '.join(f'{key}={values[key]}' for key in RATES.values() if values.get(key))})"
+    if not tokens:
+        shown = f" of shape {tuple(shape)}" if shape is not None else ""
+        return [f"{keys}: EDA edits token sequences, and {name} gives real-valued inputs{shown}; allowed: a dataset "
+                "with token inputs (e.g. dataset=text_classification), or every EDA rate 0"]
+    target = getattr(target, "value", target)
+    if target not in ("label", "value"):
+        return [f"{keys}: EDA changes a sequence's tokens, which its one label survives but a target per position "
+                f"does not, and {name} has {target} targets; allowed: label or value targets"]
+    return []
 
 
 def read_synonyms(path: str | Path) -> list[list[str]]:
@@ -122,24 +144,16 @@ def create_eda(*, task=None, name: str = "the dataset", input_shape: tuple[int, 
     """The EDA of the augmentation keys `values` for data whose dlx.tasks.Task is `task`; ValueError (one line,
     naming the key) when the data has no token inputs, targets per position, or no tokens for the synonyms."""
     opts = settings(**values)
-    on = [f"{key}={opts[key]}" for key in RATES.values() if opts[key]]
-    keys = f"augmentation ({', '.join(on)})"
     vocab = getattr(task, "vocab", None)
-    if vocab is None:
-        shape = f" of shape {tuple(input_shape)}" if input_shape is not None else ""
-        raise ValueError(f"{keys}: EDA edits token sequences, and {name} gives real-valued inputs{shape}; allowed: "
-                         "a dataset with token inputs (e.g. dataset=text_classification), or every EDA rate 0")
-    target = getattr(getattr(task, "target", None), "value", getattr(task, "target", "label"))
-    if target not in ("label", "value"):
-        raise ValueError(f"{keys}: EDA changes a sequence's tokens, which its one label survives but a target per "
-                         f"position does not, and {name} has {target} targets; allowed: label or value targets")
+    found = data_problems(opts, name, target=getattr(task, "target", "label"), tokens=vocab is not None,
+                          shape=input_shape) or config_problems(opts)
+    if found:
+        raise ValueError(found[0])
     tokens = getattr(task, "tokens", None)
     groups = read_synonyms(opts["synonyms"]) if opts["synonyms"] is not None else []
     if groups and tokens is None:
         raise ValueError(f"augmentation.synonyms={opts['synonyms']}: {name} names no tokens (dlx.data.Source.tokens) "
                          "to find the synonyms' words in; allowed: augmentation.synonyms=null with replace_rate=0")
-    if opts["replace_rate"] and not groups:
-        raise ValueError(config_problems(opts)[0])
     table, count = synonym_table(tokens, groups) if groups else synonym_table(["<pad>"] * vocab, [])
     return EDA(vocab=vocab, table=table, count=count, rates={op: opts[key] for op, key in RATES.items()})
 
