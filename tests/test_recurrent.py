@@ -73,6 +73,15 @@ def test_a_steps_model_is_causal():
     assert torch.equal(model(x)[:, :-1], model(changed)[:, :-1])
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_label_is_read_at_the_last_token_not_after_the_padding(bidirectional):
+    # text_classification pads each text on the right with PAD: the padding must not move the prediction
+    model = LSTM(input_shape=(9,), num_classes=3, vocab=6, hidden=8, embedding=4, bidirectional=bidirectional)
+    x = torch.randint(1, 6, (2, 5))
+    padded = torch.cat([x, torch.full((2, 4), PAD)], dim=1)
+    assert torch.allclose(model.eval()(x), model(padded), atol=1e-6)
+
+
 @pytest.mark.parametrize(("build", "says"), [
     (lambda: LSTM(input_shape=(5,), num_classes=4, vocab=6, target="sequence"),
      "model=lstm cannot produce a sequence target"),

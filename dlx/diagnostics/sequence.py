@@ -5,7 +5,9 @@ gradient with respect to the top recurrent layer's output at each step t, ||dL/d
 the features. A plain tanh RNN's curve falls steeply towards the first steps (the gradient vanishes on its
 way back through time); an LSTM's or GRU's stays flatter. The top layer is the last of torch's nn.RNN,
 nn.LSTM and nn.GRU modules that one forward pass calls exactly once: it then ran over the whole input (a
-decoder called once per output step is not it).
+decoder called once per output step is not it). The picture speaks for targets read at the end (a label, a
+value, a decoded sequence); under a steps target every position has a loss of its own and the curve stays flat.
+A padded token batch read through packed sequences is not replayed (no curve).
 
 Attention maps: the weights a model's `attention_maps(x)` returns, (N, rows, cols) each, drawn as heatmaps
 for the first few validation samples, with the input image beside a map when the input is an image.
