@@ -67,11 +67,12 @@ def pairing_problems(cfg: dict, data: str, target: Target, tokens: bool) -> list
     kinds = {"vocab": "token ids for inputs", "target_len": f"{target.value} targets (one per position)"}
     needed = [arg for arg, need in (("vocab", tokens), ("target_len", target in (Target.steps, Target.sequence)))
               if need and arg not in named]
-    if needed:
-        allowed = [m for m in _models_taking(*needed)]
-        out.append(f"model._target_={model}: cannot serve dataset {data}, which has "
-                   f"{' and '.join(kinds[a] for a in needed)}: allowed {', '.join(allowed) or 'a model that takes '}"
-                   f"{'' if allowed else ', '.join(needed)}")
+    serves = getattr(locate(model, "model._target_"), "targets", None)  # a model may say which kinds it serves
+    if needed or (serves is not None and target not in serves):
+        what = [kinds[a] for a in needed] or [f"{target.value} targets"]
+        allowed = ", ".join(_models_serving(target, tokens)) or "none of dlx's models"
+        out.append(f"model._target_={model}: cannot serve dataset {data}, which has {' and '.join(what)}: "
+                   f"allowed {allowed}")
     if target is Target.value and locate(cfg["loss"]["_target_"], "loss._target_") in LABELS_ONLY:
         out.append(f"loss._target_={cfg['loss']['_target_']}: takes class labels, and dataset {data} has "
                    "real-valued targets: allowed loss=mse, mae or huber")
@@ -90,11 +91,14 @@ def _parameters(target: str) -> dict:
     return named
 
 
-def _models_taking(*arguments: str) -> list[str]:
+def _models_serving(target: Target, tokens: bool) -> list[str]:
+    """The built-in model options that can serve data of this kind, read from their signatures and targets."""
     from dlx.components import builtin
 
-    return [f"model={name}" for name, target in sorted(builtin()["model"].items())
-            if set(arguments) <= set(_parameters(target))]
+    needed = {"vocab"} if tokens else set()
+    needed |= {"target_len"} if target in (Target.steps, Target.sequence) else set()
+    return [f"model={name}" for name, fn in sorted(builtin()["model"].items())
+            if needed <= set(_parameters(fn)) and target in getattr(locate(fn, "model._target_"), "targets", Target)]
 
 
 def data_arguments(cfg: dict, data: DataSplits) -> dict[str, Any]:

@@ -39,17 +39,44 @@ TINY = [
     "trainer.eval_batch_size=512",
     "trainer.progress=none",
     "dataset.train_subset=40",
-    "model.width=8",
     "tracking=off",
 ]
 # Keys only some options have: set when the composed option has them (dataset.root: the data_root fixture).
-TINY_IF_PRESENT = {"dataset.n_samples": "200", "model.hidden": "16"}
+TINY_IF_PRESENT = {"dataset.n_samples": "200", "model.width": "8", "model.hidden": "16", "model.embedding": "8",
+                   "dataset.n_train": "80", "dataset.length": "6", "dataset.context": "8"}
 
 # the option of each group that conf/config.yaml picks
 DEFAULTS = {g: o for d in OmegaConf.load(config_dir() / "config.yaml").defaults if OmegaConf.is_dict(d)
             for g, o in d.items()}
 CASES = [(group, option) for group in GROUPS for option in list_options(group)]
 MODELS = list_options("model")
+# augmentations for token inputs, and the data set they are tested on
+TOKEN_AUGMENTATIONS = {"eda": "text_classification"}
+
+
+def partners(group: str, option: str) -> list[str]:
+    """The options of other groups an option trains with. conf/config.yaml's defaults serve class labels of
+    real-valued data; a data set of another kind takes the first model (and for real-valued targets the loss)
+    that serves it, a model that cannot serve digits the first data set it serves: both read from what dlx
+    checks (the datasets' declarations and the models' signatures and targets, dlx.build.pairing_problems)."""
+    from dlx.build import pairing_problems
+    from dlx.components import locate
+
+    def fits(dataset: str, model: str, loss: str = "ce") -> bool:
+        declared = getattr(locate(builtin()["dataset"][dataset], "dataset"), "declared", None)
+        cfg = {"model": {"_target_": builtin()["model"][model]}, "loss": {"_target_": builtin()["loss"][loss]}}
+        return declared is None or not pairing_problems(cfg, dataset, *declared)
+
+    if group == "augmentation" and option in TOKEN_AUGMENTATIONS:
+        return [f"dataset={TOKEN_AUGMENTATIONS[option]}", *partners("dataset", TOKEN_AUGMENTATIONS[option])]
+    if group == "dataset" and not fits(option, DEFAULTS["model"]):
+        loss = next(lo for lo in ("ce", "mse") if any(fits(option, m, lo) for m in MODELS))
+        model = next(m for m in MODELS if fits(option, m, loss))
+        return [f"model={model}", *([f"loss={loss}"] if loss != DEFAULTS["loss"] else [])]
+    if group == "model" and not fits(DEFAULTS["dataset"], option):
+        dataset = next(d for d in list_options("dataset") if fits(d, option))
+        return [f"dataset={dataset}"]
+    return []
 N_TRAIN, N_TEST = 60, 20
 
 
@@ -122,13 +149,21 @@ def data_root(tmp_path_factory):
         folder = root / "images" / f"class{k}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(_images(rng, 1, (8, 8))[0]).save(folder / f"{i}.png")
+    # a text for the character language model, and short texts with a label each
+    words = ["good", "bad", "film", "plot", "fine", "dull", "great", "awful", "the", "a"]
+    (root / "corpus.txt").write_text(" ".join(rng.choice(words, 600)) + "\n", encoding="utf-8")
+    reviews = [f"{' '.join(rng.choice(words, 5))},{'pos' if k % 2 else 'neg'}" for k in range(120)]
+    (root / "synonyms.txt").write_text("good,great,fine\nbad,awful,dull\n", encoding="utf-8")
+    (root / "reviews.csv").write_text("text,kind\n" + "\n".join(reviews) + "\n", encoding="utf-8")
     return root
 
 
 def file_options(root) -> dict[str, str]:
     """The keys the data-without-code options need, pointing at data_root's files."""
-    return {"dataset.path": {"npz": root / "data.npz", "csv": root / "table.csv", "image_folder": root / "images"},
-            "dataset.label": "kind", "dataset.size": "8", "dataset.root": str(root)}
+    return {"dataset.path": {"npz": root / "data.npz", "csv": root / "table.csv", "image_folder": root / "images",
+                             "text": root / "corpus.txt", "text_classification": root / "reviews.csv"},
+            "dataset.label": "kind", "dataset.size": "8", "dataset.root": str(root),
+            "augmentation.synonyms": {"eda": root / "synonyms.txt"}}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -155,8 +190,11 @@ def tiny_config(overrides: list[str], root, *, extra: list[str] = ()) -> dict:
     for key, value in {**TINY_IF_PRESENT, **file_options(root)}.items():
         group, leaf = key.split(".")
         option = _choice(overrides, group)
-        if leaf in option_keys(group, option):
-            present.append(f"{key}={value[option] if isinstance(value, dict) else value}")
+        if isinstance(value, dict):  # a file only some options read
+            if option in value:
+                present.append(f"{key}={value[option]}")
+        elif leaf in option_keys(group, option):
+            present.append(f"{key}={value}")
     merged = {o.split("=", 1)[0]: o for o in [*TINY, *present, *overrides, *extra]}
     cfg = compose(list(merged.values()))
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -232,7 +270,7 @@ def test_the_tree_has_every_group_and_options():
 
 @pytest.mark.parametrize(("group", "option"), CASES)
 def test_option_composes_builds_and_takes_optimisation_steps(group, option, data_root):
-    overrides = [f"{group}={option}"]
+    overrides = [*partners(group, option), f"{group}={option}"]
     cfg = tiny_config(overrides, data_root)
     # the composed config carries the option's own values, except the few that TINY shrinks
     raw = option_yaml(group, option)
@@ -244,7 +282,7 @@ def test_option_composes_builds_and_takes_optimisation_steps(group, option, data
         assert OmegaConf.select(composed, f"{group}.{key}") == value, f"{group}.{key}"
 
     built = build(cfg)
-    if group == "dataset":
+    if group == "dataset" or "dataset" in {o.split("=")[0] for o in overrides}:
         assert len(built.data.x_train) == 40
     if group in ("model", "loss"):
         target = raw["_target_"]
@@ -288,9 +326,12 @@ def test_l1_adds_its_penalty_to_the_loss_and_its_sign_to_the_update(data_root, p
 
 @pytest.mark.parametrize("model", MODELS)
 def test_dropout_option_sets_the_model_dropout(model, data_root):
-    none = build(tiny_config([f"model={model}", "regularization=none"], data_root))
+    # dropout between recurrent layers needs two of them
+    layers = ["model.layers=2"] if "layers" in option_keys("model", model) else []
+    home = [*partners("model", model), f"model={model}", *layers]
+    none = build(tiny_config([*home, "regularization=none"], data_root))
     assert all(m.p == 0 for m in none.model.modules() if isinstance(m, nn.Dropout))
-    cfg = tiny_config([f"model={model}", "regularization=dropout"], data_root)
+    cfg = tiny_config([*home, "regularization=dropout"], data_root)
     p = cfg["regularization"]["dropout"]
     assert 0 < p < 1 and cfg["model"]["dropout"] == p
     built = build(cfg)
@@ -375,9 +416,13 @@ def test_regularization_options_combine(data_root):
 # ------------------------------------------------------------------------------------- augmentation
 @pytest.mark.parametrize("option", list_options("augmentation"))
 def test_augmentation_changes_what_the_model_trains_on(option, data_root, plain):
-    step = one_step([f"augmentation={option}"], data_root)
+    home = partners("augmentation", option)
+    step = one_step([*home, f"augmentation={option}"], data_root)
+    if home:  # another data set: compare with its own plain step
+        plain = one_step(home, data_root)
     assert math.isfinite(step.metrics["train/loss"])
-    assert step.inputs[0].shape == plain.inputs[0].shape == (40, 1, 8, 8)  # digits are images
+    assert step.inputs[0].shape == plain.inputs[0].shape
+    assert home or step.inputs[0].shape == (40, 1, 8, 8)  # digits are images
     if option == "none":
         assert step.built.trainer.augment is None
         assert torch.equal(step.inputs[0], plain.inputs[0])
@@ -477,11 +522,11 @@ def test_tracking_off_and_trainer_quick():
 
 # ------------------------------------------------------------------------------- shared model knobs
 # every choice of every model option whose values are an enum (norm, activation, init), from the signatures
-KNOBS = sorted({(f"model.{key}", member.value) for model in MODELS
-                for key, opt in group_spec("model", builtin()["model"][model]).items()
-                if isinstance(opt.rule, type) and key != "pool" for member in opt.rule})
+KNOBS = {model: sorted((f"model.{key}", member.value)
+                       for key, opt in group_spec("model", builtin()["model"][model]).items()
+                       if isinstance(opt.rule, type) and key != "pool" for member in opt.rule) for model in MODELS}
 # mlp has no feature maps for instance norm: test_instance_norm_on_mlp_is_a_clear_error
-KNOB_CASES = [(m, k, v) for m in MODELS for k, v in KNOBS if (m, k, v) != ("mlp", "model.norm", "instance")]
+KNOB_CASES = [(m, k, v) for m in MODELS for k, v in KNOBS[m] if (m, k, v) != ("mlp", "model.norm", "instance")]
 
 
 # how each model.norm shows in a model: layer norm on feature maps is GroupNorm with a single group
@@ -500,16 +545,19 @@ def typed_base(data_root):
 
     def get(model: str):
         if model not in cache:
-            hidden = "hidden" in option_keys("model", model)
-            present = [f"model.hidden={TINY_IF_PRESENT['model.hidden']}"] if hidden else []
-            cache[model] = compose([*TINY, *present, f"model={model}"])
+            present = [f"{k}={v}" for k, v in TINY_IF_PRESENT.items()
+                       if k.startswith("model.") and k.split(".")[1] in option_keys("model", model)]
+            home = partners("model", model)
+            data = [f"{k}={v}" for k, v in TINY_IF_PRESENT.items() if k.startswith("dataset.") and home
+                    and k.split(".")[1] in option_keys("dataset", home[0].split("=")[1])]
+            cache[model] = compose([*TINY, *present, *home, *data, f"model={model}"])
         return copy.deepcopy(cache[model])
 
     return get
 
 
 @pytest.mark.parametrize(("model", "key", "value"), KNOB_CASES)
-def test_model_knob_builds_and_steps_on_digits(model, key, value, typed_base):
+def test_model_knob_builds_and_steps(model, key, value, typed_base):
     # Assigning into the typed config runs the schema's enum check, as a command-line override does (the
     # error for a bad value is tested below through compose); Hydra composition is too slow to repeat here.
     cfg = typed_base(model)
@@ -540,15 +588,16 @@ def test_hinge_loss_with_label_smoothing_is_a_clear_error(data_root):
         tiny_config(["loss=hinge", "regularization=label_smoothing"], data_root)
 
 
-ENUM_KEYS = sorted({(key, opt.rule) for model in MODELS
+ENUM_KEYS = sorted({(key, opt.rule, model) for model in MODELS
                     for key, opt in group_spec("model", builtin()["model"][model]).items()
-                    if isinstance(opt.rule, type) and key != "pool"}, key=lambda kv: kv[0])
+                    if isinstance(opt.rule, type) and key != "pool"}, key=lambda kv: (kv[0], kv[2]))
+ENUM_KEYS = [(k, e, next(m for kk, _, m in ENUM_KEYS if kk == k)) for k, e in dict.fromkeys((k, e) for k, e, _ in ENUM_KEYS)]
 
 
-@pytest.mark.parametrize(("key", "enum"), ENUM_KEYS)
-def test_unknown_knob_value_lists_the_valid_ones(key, enum):
+@pytest.mark.parametrize(("key", "enum", "model"), ENUM_KEYS)
+def test_unknown_knob_value_lists_the_valid_ones(key, enum, model):
     with pytest.raises(ConfigError) as info:
-        compose([f"model.{key}=nope"])
+        compose([*partners("model", model), f"model={model}", f"model.{key}=nope"])
     message = str(info.value)
     assert f"model.{key}" in message and all(v.value in message for v in enum)
 

@@ -120,6 +120,10 @@ def test_a_model_for_real_valued_inputs_is_refused_on_token_data(results):
                          "real-valued targets: allowed loss=mse, mae or huber"),
     (["dataset=copy", "model=cnn"], "model._target_=dlx.models.CNN: cannot serve dataset copy, which has token ids "
                                     "for inputs and sequence targets (one per position): allowed model="),
+    (["dataset=copy", "model=lstm"], "model._target_=dlx.models.recurrent.LSTM: cannot serve dataset copy, which has "
+                                     "sequence targets: allowed model=seq2seq, model=transformer"),
+    (["dataset=adding", "loss=mse", "model=seq2seq"], "model._target_=dlx.models.seq2seq.Seq2Seq: cannot serve "
+                                                      "dataset adding, which has value targets: allowed model=cnn"),
     (["dataset=text_classification", "dataset.path=t.csv"], "model._target_=dlx.models.MLP: cannot serve dataset "
                                                             "text_classification, which has token ids for inputs"),
 ])

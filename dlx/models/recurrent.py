@@ -19,6 +19,7 @@ from typing import Annotated
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from dlx.models.layers import Dropout, Width, check_io, checked_options, member
 from dlx.options import Range
@@ -59,8 +60,13 @@ class Layer(nn.Module):
         super().__init__()
         self.rnn, self.drop = rnn, nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.rnn(x)[0])
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            return self.drop(self.rnn(x)[0])
+        # padded token sequences: each is read to its own end only, so no state passes through its padding
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+        return self.drop(out)
 
 
 class Recurrent(nn.Module):
@@ -68,6 +74,7 @@ class Recurrent(nn.Module):
 
     cell: type[nn.RNNBase] = nn.RNN
     name = "rnn"  # the conf/model option, for messages
+    targets = (Target.label, Target.value, Target.steps)  # the kinds of target it serves (dlx.build checks)
 
     @checked_options
     def __init__(
@@ -114,11 +121,17 @@ class Recurrent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x) if self.embed is not None else as_steps(x, self.input_shape, self.read)
-        for block in self.blocks:
-            h = block(h)
         if self.target is Target.steps:
+            for block in self.blocks:
+                h = block(h)
             return self.head(h)  # (N, T, num_classes)
-        last = h[:, -1]
+        # token sequences end at their last non-PAD id (padding comes after it); a host copy of N lengths
+        lengths = (x != PAD).sum(1).clamp(min=1).cpu() if self.embed is not None else None
+        for block in self.blocks:
+            h = block(h, lengths) if lengths is not None and bool((lengths < x.shape[1]).any()) else block(h)
+        ends = (lengths - 1).to(h.device) if lengths is not None else torch.full((len(h),), h.shape[1] - 1,
+                                                                                 device=h.device)
+        last = h[torch.arange(len(h), device=h.device), ends]
         if self.bidirectional:  # the backward direction has read the whole sequence at its first step
             last = torch.cat([last[:, :self.hidden], h[:, 0, self.hidden:]], dim=1)
         return self.head(last)

@@ -35,6 +35,8 @@ class Attention(str, Enum):
 
 
 class Seq2Seq(nn.Module):
+    targets = (Target.sequence,)  # the kinds of target it serves (dlx.build checks)
+
     @checked_options
     def __init__(
         self,

@@ -12,6 +12,7 @@ from torch import nn
 from dlx.models.attention import Block, Depth, Heads, MlpRatio, Placement, final_norm, heads_problems
 from dlx.models.layers import Dropout, Width, check_io, checked_options, member
 from dlx.options import Range
+from dlx.tasks import Target
 
 
 class ViT(nn.Module):
@@ -21,6 +22,8 @@ class ViT(nn.Module):
     The defaults are sized for 8x8 digits (patch 2: 16 patches) with about the parameters of the default cnn
     there, so the two compare at similar size (the vit_vs_cnn study).
     """
+
+    targets = (Target.label, Target.value)  # the kinds of target it serves (dlx.build checks)
 
     @checked_options
     def __init__(
