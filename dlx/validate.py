@@ -3,6 +3,7 @@ after composition and before any data is loaded. All problems are reported at on
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from enum import Enum
@@ -11,7 +12,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dlx.components import problems as component_problems
-from dlx.config import ConfigError
+from dlx.config import Config, ConfigError
+from dlx.options import problems as option_problems
+from dlx.options import spec
 from dlx.store_check import problems as store_problems
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -81,6 +84,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.regularization.early_stopping.enabled and OmegaConf.select(cfg, "dataset.val_fraction") == 0:
         problems.append("regularization.early_stopping needs a validation split: dataset.val_fraction must be > 0")
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    problems += _annotated_problems(Config, plain)
     found = component_problems(plain)
     problems += found
     if not found and isinstance(plain.get("loss"), dict):
@@ -95,6 +99,19 @@ def validate(cfg: DictConfig) -> None:
         # one problem, one line; several, one line each under a header
         raise ConfigError(problems[0] if len(problems) == 1 else
                           f"{len(problems)} problems in the configuration:\n  " + "\n  ".join(problems))
+
+
+def _annotated_problems(schema: type, values: dict, prefix: str = "") -> list[str]:
+    """Values outside a Range that a field of dlx/config.py's dataclasses states in its annotation, the one home
+    of that range (the fields without one are checked by _RULES)."""
+    out = []
+    if prefix:
+        out += option_problems(spec(schema), values, prefix.rstrip("."))
+    for f in dataclasses.fields(schema):
+        inner = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(inner) and isinstance(values.get(f.name), dict):
+            out += _annotated_problems(inner, values[f.name], f"{prefix}{f.name}.")
+    return out
 
 
 # keys whose default is an interpolation of another key (conf/): report the source only

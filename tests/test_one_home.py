@@ -129,6 +129,27 @@ def test_every_range_and_choice_is_checked_before_any_data_loads(group, option, 
     assert f"{group}.{key}" in message and spec[key].allowed() in message, message
 
 
+def _annotated_fields(schema: type, prefix: str = ""):
+    """(dotted key, Option) of every field of dlx/config.py's dataclasses whose annotation states a rule."""
+    from dlx.options import spec
+
+    for key, opt in spec(schema).items():
+        if prefix and isinstance(opt.rule, (Range, Items)):  # a choice (an enum) is the schema's type check
+            yield f"{prefix}{key}", opt
+    for f in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(f.default_factory):
+            yield from _annotated_fields(f.default_factory, f"{prefix}{f.name}.")
+
+
+@pytest.mark.parametrize(("key", "option"), list(_annotated_fields(Config)), ids=lambda v: getattr(v, "type", v))
+def test_a_range_in_a_config_dataclass_annotation_is_checked_before_any_data_loads(key, option, composed):
+    cfg = composed("trainer", "default")
+    OmegaConf.update(cfg, key, _outside(option.rule), force_add=True)
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    assert f"{key}=" in str(info.value) and option.allowed() in str(info.value), str(info.value)
+
+
 def test_the_readme_table_is_the_one_the_signatures_give():
     from dlx.help import readme_section
 
