@@ -73,6 +73,10 @@ def pairing_problems(cfg: dict, data: str, target: Target, tokens: bool) -> list
         allowed = ", ".join(_models_serving(target, tokens)) or "none of dlx's models"
         out.append(f"model._target_={model}: cannot serve dataset {data}, which has {' and '.join(what)}: "
                    f"allowed {allowed}")
+    noise = (cfg.get("regularization") or {}).get("input_noise")
+    if tokens and noise:
+        out.append(f"regularization.input_noise={noise} adds Gaussian noise to real-valued inputs, and dataset {data} "
+                   "gives token ids: allowed 0 (augmentation=eda edits token sequences)")
     if target is Target.value and locate(cfg["loss"]["_target_"], "loss._target_") in LABELS_ONLY:
         out.append(f"loss._target_={cfg['loss']['_target_']}: takes class labels, and dataset {data} has "
                    "real-valued targets: allowed loss=mse, mae or huber")

@@ -124,6 +124,8 @@ def test_a_model_for_real_valued_inputs_is_refused_on_token_data(results):
                                      "sequence targets: allowed model=seq2seq, model=transformer"),
     (["dataset=adding", "loss=mse", "model=seq2seq"], "model._target_=dlx.models.seq2seq.Seq2Seq: cannot serve "
                                                       "dataset adding, which has value targets: allowed model=cnn"),
+    (["dataset=copy", "model=seq2seq", "regularization=input_noise"], "regularization.input_noise=0.1 adds Gaussian "
+                                                                      "noise to real-valued inputs, and dataset copy"),
     (["dataset=text_classification", "dataset.path=t.csv"], "model._target_=dlx.models.MLP: cannot serve dataset "
                                                             "text_classification, which has token ids for inputs"),
 ])
