@@ -243,6 +243,11 @@ def problems(cfg: Mapping) -> list[str]:
         from dlx.build import pairing_problems
 
         out += pairing_problems(cfg, cfg["dataset"]["_target_"].rpartition(".")[2], *declared)
+    if not out and isinstance(cfg.get("augmentation"), Mapping) and isinstance(cfg.get("dataset"), Mapping):
+        from dlx.data.eda import config_problems  # EDA's keys, and the data a built-in dataset says it holds
+
+        name = str(cfg["dataset"].get("_target_", "")).rpartition(".")[2]
+        out += config_problems(cfg["augmentation"], dataset=name, declared=declared)
     return out
 
 

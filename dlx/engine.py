@@ -274,7 +274,8 @@ class Trainer:
         zero = (lambda: 0.0) if on_host else (lambda: torch.zeros((), device=self.device))
         loss_sum, correct, seen, counted = zero(), zero(), 0, 0
         win_loss, win_seen, win_start = zero(), 0, state.step
-        window = []  # (logits, y, y_b, lam) of the steps since the last log: accuracy is counted per window
+        window = []  # the steps since the last log: accuracy is counted per window
+        by_window = self.task.target is Target.label
         bad = zero()
         amp = amp_context(self.device, opt.amp)
         for x, y in data.train.batches(self.batches, perm):
@@ -300,7 +301,9 @@ class Trainer:
             if self.first_loss is None:  # a float on CPU; on a device a tensor, read at the first window
                 self.first_loss = loss_value
             self._step(loss, state.step)
-            window.append((logits.detach(), y, y_b, lam))
+            # class labels are counted per window (see _hits); other targets per step, keeping two numbers
+            # rather than the step's (N, T, V) logits until the window ends
+            window.append((logits.detach(), y, y_b, lam) if by_window else self.task.hits(logits.detach(), y))
             win_loss += loss_value * len(y)
             win_seen += len(y)
             state.step += 1
@@ -373,19 +376,23 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         zero = lambda: torch.zeros((), device=self.device)  # noqa: E731
-        loss_sum, correct, counted, sums = zero(), zero(), zero(), {}
+        loss_sum, weight, correct, counted, sums = zero(), zero(), zero(), zero(), {}
         with amp_context(self.device, self.opt.amp):
             for xb, yb in split.batches(eval_bounds(len(split), self.opt.eval_batch_size)):
                 logits = self.forward(xb)
-                loss_sum += self.eval_loss_fn(logits, yb).float() * len(yb)
                 hits, count = self.task.hits(logits, yb)
+                # a loss per position is a mean over the batch's counted positions: weigh it by their number,
+                # so perplexity and bpc are per token whatever the batches
+                w = count if self.task.per_position else len(yb)
+                loss_sum += self.eval_loss_fn(logits, yb).float() * w
+                weight += w
                 correct += hits
                 counted += count
                 for k, v in self.task.sums(logits, yb).items():
                     sums[k] = sums.get(k, 0) + v
         self.model.train(was_training)
         n = max(1, len(split))
-        return self.task.metrics(loss_sum.item() / n, correct.item() / max(1, counted.item()),
+        return self.task.metrics(loss_sum.item() / max(1, weight.item()), correct.item() / max(1, counted.item()),
                                  {k: float(v) for k, v in sums.items()}, n)
 
 
@@ -394,11 +401,11 @@ def _hits(window: list, on_host: bool, task: Task = LABELS):
     """(correct, counted) over a window of steps, each (logits, y, y_b, lam); a mixed batch counts lam of
     its hits on y and 1 - lam on y_b. The unmixed steps are counted in one go: argmax, compare and sum
     once per window instead of once per step (on a small model on CPU those three ops were 3% of a step).
-    Targets other than class labels are counted by their task, step by step."""
-    if task.target is not Target.label:
-        hits = [task.hits(logits, y) for logits, y, _, _ in window]
-        correct = sum((h for h, _ in hits), torch.zeros((), device=window[0][0].device if window else None))
-        counted = sum(int(c) for _, c in hits)
+    For targets other than class labels the window holds each step's (hits, counted) from its task."""
+    if task.target is not Target.label:  # the window holds each step's (hits, counted)
+        if not window:
+            return 0.0, 0
+        correct, counted = sum(h for h, _ in window), int(sum(c for _, c in window))
         return (correct.item() if on_host else correct), counted
     counted = sum(len(y) for _, y, _, _ in window)
     plain = [(logits, y) for logits, y, _, lam in window if lam == 1.0]

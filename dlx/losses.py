@@ -44,6 +44,14 @@ class _Smoothed:
         onehot = F.one_hot(y, k).to(logits.dtype)
         return onehot * (1 - s) + s / k if s else onehot
 
+    def compare(self, fn: Callable, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """fn(outputs, targets) averaged over elements, and for sequences over the counted positions."""
+        def loss(outputs: torch.Tensor, t: torch.Tensor, reduction: str) -> torch.Tensor:
+            value = fn(outputs, self.targets(outputs, t), reduction=reduction)
+            return value if reduction == "mean" else value.mean(-1)  # a position's mean over its classes
+
+        return per_position(loss, logits, y)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(label_smoothing={self.label_smoothing})"
 
@@ -54,12 +62,15 @@ def labels_only(loss: str, y: torch.Tensor) -> None:
                          "loss=mse, mae or huber")
 
 
-def positions(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, T, C) outputs and (N, T) targets as rows of positions, without the IGNORE ones; others unchanged."""
+def per_position(loss: Callable[..., torch.Tensor], logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`loss(outputs, targets, reduction)`: its mean for one output per sample; for (N, T, C) outputs and (N, T)
+    targets the mean over the positions whose target is not IGNORE of its value per position (reduction "none"),
+    weighted by a mask rather than by selecting rows, which would make the host wait for the device every step."""
     if logits.dim() < 3 or y.is_floating_point():
-        return logits, y
-    keep = y.reshape(-1) != IGNORE
-    return logits.reshape(-1, logits.shape[-1])[keep], y.reshape(-1)[keep]
+        return loss(logits, y, "mean")
+    keep = y != IGNORE
+    per = loss(logits.reshape(-1, logits.shape[-1]), y.clamp_min(0).reshape(-1), "none").reshape(y.shape)
+    return (per * keep).sum() / keep.sum().clamp_min(1)
 
 
 class CrossEntropy(_Smoothed):
@@ -77,32 +88,28 @@ class BinaryCrossEntropy(_Smoothed):
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         labels_only("bce", y)
-        logits, y = positions(logits, y)
-        return F.binary_cross_entropy_with_logits(logits, self.targets(logits, y))
+        return self.compare(F.binary_cross_entropy_with_logits, logits, y)
 
 
 class SquaredError(_Smoothed):
     """Mean squared error of the logits against the one-hot targets."""
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits, y = positions(logits, y)
-        return F.mse_loss(logits, self.targets(logits, y))
+        return self.compare(F.mse_loss, logits, y)
 
 
 class AbsoluteError(_Smoothed):
     """Mean absolute error of the logits against the one-hot targets."""
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits, y = positions(logits, y)
-        return F.l1_loss(logits, self.targets(logits, y))
+        return self.compare(F.l1_loss, logits, y)
 
 
 class Huber(_Smoothed):
     """Huber loss (delta 1) of the logits against the one-hot targets."""
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits, y = positions(logits, y)
-        return F.huber_loss(logits, self.targets(logits, y))
+        return self.compare(F.huber_loss, logits, y)
 
 
 class Hinge:
@@ -110,7 +117,7 @@ class Hinge:
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         labels_only("hinge", y)
-        return F.multi_margin_loss(*positions(logits, y))
+        return per_position(lambda o, t, reduction: F.multi_margin_loss(o, t, reduction=reduction), logits, y)
 
     def __repr__(self) -> str:
         return "Hinge()"

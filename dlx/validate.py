@@ -95,6 +95,7 @@ def validate(cfg: DictConfig) -> None:
     problems += _device_problems(cfg)
     problems += _batch_norm_problems(cfg)
     problems += store_problems(cfg.tracking) if "tracking" in cfg else []  # address and experiment name
+    problems = list(dict.fromkeys(problems))  # a range two checks read (a dataclass's and EDA's own) tells once
     if problems:
         # one problem, one line; several, one line each under a header
         raise ConfigError(problems[0] if len(problems) == 1 else

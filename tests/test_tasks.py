@@ -126,6 +126,7 @@ def test_a_model_for_real_valued_inputs_is_refused_on_token_data(results):
                                                       "dataset adding, which has value targets: allowed model=cnn"),
     (["dataset=copy", "model=seq2seq", "regularization=input_noise"], "regularization.input_noise=0.1 adds Gaussian "
                                                                       "noise to real-valued inputs, and dataset copy"),
+    (["augmentation=eda"], "EDA edits token sequences, and dataset=digits gives real-valued inputs"),
     (["dataset=text_classification", "dataset.path=t.csv"], "model._target_=dlx.models.MLP: cannot serve dataset "
                                                             "text_classification, which has token ids for inputs"),
 ])
@@ -177,8 +178,14 @@ def test_sequence_metrics_skip_ignored_positions():
     assert (int(hits), int(counted)) == (4, 5)
     assert int(task.sums(logits, y)["seq_right"]) == 1
     loss = CrossEntropy()(logits, y)
-    kept = torch.nn.functional.cross_entropy(logits.reshape(-1, 2)[[0, 1, 3, 4, 5]], y.reshape(-1)[[0, 1, 3, 4, 5]])
-    torch.testing.assert_close(loss, kept)
+    rows, labels = logits.reshape(-1, 2)[[0, 1, 3, 4, 5]], y.reshape(-1)[[0, 1, 3, 4, 5]]
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(rows, labels))
+    # the other losses weigh the same positions, with a mask rather than a host-synchronising selection
+    from dlx.losses import Hinge
+
+    onehot = torch.nn.functional.one_hot(labels, 2).float()
+    torch.testing.assert_close(SquaredError()(logits, y), torch.nn.functional.mse_loss(rows, onehot))
+    torch.testing.assert_close(Hinge()(logits, y), torch.nn.functional.multi_margin_loss(rows, labels))
 
 
 def test_value_metrics_and_mse_compare_outputs_with_the_values():
