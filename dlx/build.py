@@ -16,6 +16,7 @@ from dlx.components import call, factory, locate
 from dlx.config import ConfigError, TrainerConfig
 from dlx.data import DataSplits, create_augmentation, prepare
 from dlx.data.eda import config_problems as eda_problems
+from dlx.diagnostics.common import evaluated
 from dlx.engine import (
     Callback,
     EarlyStopping,
@@ -23,6 +24,7 @@ from dlx.engine import (
     Trainer,
     metric_mode,
     smallest_train_batch,
+    takes_target,
     train_batches,
 )
 from dlx.losses import LABELS_ONLY, create_loss
@@ -132,24 +134,25 @@ def build_model(cfg: dict, data: DataSplits) -> nn.Module:
 def check_sample(cfg: dict, model: nn.Module, loss_fn, data: DataSplits) -> None:
     """One forward pass and one loss on two training samples, before any run starts: a user's model that
     returns the wrong shape, or a loss that does not return a scalar, is a configuration error (exit 2)."""
-    x, y = data.train.take(torch.arange(2))
+    x, y = data.train.take(torch.arange(min(2, len(data.train))))
     target = cfg["model"]["_target_"]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model(x)
-    except Exception as exc:  # noqa: BLE001 - the user's forward: any failure is reported, not raised
-        raise ConfigError(f"model._target_={target}: forward on a sample batch of shape {tuple(x.shape)} failed: "
-                          f"{type(exc).__name__}: {exc}") from None
-    finally:
-        model.train(was)
     want = data.task.output_shape(len(x), data.num_classes)
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        names = "(batch, target_len, num_classes)" if data.task.per_position else "(batch, num_classes)"
-        raise ConfigError(f"model._target_={target}: returned {got} for a sample batch of shape {tuple(x.shape)}; "
-                          f"a model must return logits of shape {names} = {want}")
+    names = "(batch, target_len, num_classes)" if data.task.per_position else "(batch, num_classes)"
+    # evaluation's call, and a teacher-forced model's training call too (dlx.engine.takes_target), each leaving
+    # the model's mode, buffers and random state as they were
+    calls = [("forward", False, {})] + ([("a training forward with targets", True, {"target": y})]
+                                        if takes_target(model) else [])
+    for what, train, kwargs in calls:
+        try:
+            with evaluated(model, train=train), torch.no_grad():
+                logits = model(x, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the user's forward: any failure is reported, not raised
+            raise ConfigError(f"model._target_={target}: {what} on a sample batch of shape {tuple(x.shape)} failed: "
+                              f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ConfigError(f"model._target_={target}: returned {got} ({what}) for a sample batch of shape "
+                              f"{tuple(x.shape)}; a model must return logits of shape {names} = {want}")
     try:
         value = loss_fn(logits, y)
     except Exception as exc:  # noqa: BLE001

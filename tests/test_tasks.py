@@ -49,6 +49,13 @@ TOY = textwrap.dedent('''
         def forward(self, x, target=None):
             assert (target is not None) == self.training, "targets in evaluation, or none in training"
             return self.out(self.emb(x))
+
+    class ShortTeacher(PerStep):
+        """Right in evaluation, one position short when given the targets."""
+
+        def forward(self, x, target=None):
+            out = self.out(self.emb(x))
+            return out if target is None else out[:, 1:]
 ''')
 
 RUN = ["trainer.epochs=15", "trainer.progress=plain", "trainer.batch_size=32", "optimizer.lr=0.01"]
@@ -57,6 +64,7 @@ CASES = {
     "value_ce": ["dataset._target_=toyseq.sums", *RUN],
     "steps": ["dataset._target_=toyseq.echo", "model._target_=toyseq.PerStep", *RUN],
     "steps_mlp": ["dataset._target_=toyseq.echo", *RUN],
+    "short_teacher": ["dataset._target_=toyseq.echo", "model._target_=toyseq.ShortTeacher", *RUN],
 }
 
 
@@ -139,6 +147,12 @@ def test_a_built_in_data_set_declares_its_kind_and_a_mismatch_is_refused_while_c
     assert message in str(info.value)
 
 
+def test_a_teacher_forced_training_call_is_checked_on_a_sample_before_any_run(results):
+    folder, (code, err, _) = results["short_teacher"]
+    assert code == 2 and "returned (2, 4, 6) (a training forward with targets)" in err and "(2, 5, 6)" in err, err
+    assert "Traceback" not in err and not _runs(folder)
+
+
 # ------------------------------------------------------------------------------------ the parts, directly
 def test_prepare_keeps_token_ids_and_real_targets_and_carves_at_random():
     rng = np.random.default_rng(1)
@@ -162,6 +176,10 @@ def test_prepare_keeps_token_ids_and_real_targets_and_carves_at_random():
     (Source(train=(np.zeros((4, 3), dtype=int), np.full((4, 3), 7)), num_classes=2, target="sequence", vocab=3),
      "outside the 2 classes"),
     (Source(train=(np.zeros((4, 3)), np.zeros(4)), num_classes=1, target="regression"), "allowed label, value"),
+    (Source(train=(np.zeros((4, 3)), np.zeros(4)), num_classes=1, target="value", tolerance="0.1"), "tolerance"),
+    (Source(train=(np.zeros((6, 8), dtype=int), np.zeros((6, 6), dtype=int)), num_classes=2, target="sequence",
+            vocab=3, test=(np.zeros((2, 12), dtype=int), np.zeros((2, 9), dtype=int))),
+     "'dataset' test: samples (12,) and targets (9,) do not match the training split's (8,) and (6,)"),
 ])
 def test_bad_sources_are_one_line(source, message):
     from dlx.data import DatasetError

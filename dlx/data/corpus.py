@@ -1,6 +1,7 @@
 """Text corpora without code: a character language model on any UTF-8 file (text) and a table of labelled texts
-(text_classification), named by dataset.path. Each vocabulary is built on the training split alone, so no
-statistic of val or test leaks into the model's inputs; what training never saw maps to the unknown id.
+(text_classification), named by dataset.path. No statistic of the test split reaches the vocabulary: text's is
+built on its training part alone, text_classification's on the rows left after its test rows are held out
+(training and validation, which dlx carves later); what it never saw maps to the unknown id.
 (Not text.py: a `_target_` resolves to the longest importable module, so a module dlx.data.text would hide
 the loader dlx.data.text.)"""
 

@@ -147,6 +147,7 @@ def prepare(source: Source | Mapping, *, device: str | torch.device = "cpu", **o
             raise DatasetError(f"'{name}' {split}: a torch Dataset carries class labels only; give {target.value} "
                                "targets as an (x, y) pair of arrays")
     task = _task(name, src, target, parts["train"])
+    _check_shapes(name, parts, task)
     if task.target is not Target.label and opts["stream"] is Stream.on:
         raise DatasetError(f"dataset.stream=on: streaming reads class labels only, and '{name}' has "
                            f"{task.target.value} targets: allowed dataset.stream=auto or off")
@@ -216,13 +217,29 @@ def _task(name: str, src: Source, target: Target, train) -> Task:
         raise DatasetError(f"'{name}': vocab must be an integer >= 2 (the token ids, 0 the padding), got {src.vocab!r}")
     if src.tokens is not None and src.vocab is not None and len(src.tokens) != src.vocab:
         raise DatasetError(f"'{name}': tokens names {len(src.tokens)} ids but vocab is {src.vocab}")
-    if target is Target.value and (src.tolerance is None or src.tolerance <= 0):
+    if target is Target.value and (isinstance(src.tolerance, bool) or not isinstance(src.tolerance, (int, float))
+                                   or not 0 < src.tolerance < math.inf):
         raise DatasetError(f"'{name}': value targets need a tolerance > 0 (|error| below it counts as solved)")
     per_position = target in (Target.steps, Target.sequence)
     return Task(target=target, vocab=None if src.vocab is None else int(src.vocab),
                 tokens=None if src.tokens is None else tuple(src.tokens),
                 tolerance=None if src.tolerance is None else float(src.tolerance),
                 target_len=int(train[1].shape[1]) if per_position else None)
+
+
+def _check_shapes(name: str, parts: dict, task: Task) -> None:
+    """A given val or test split's samples (and targets per position) have the training split's shape: the model
+    is built for that one, and a mismatch would otherwise surface only when that split is evaluated."""
+    train = parts["train"]
+    if isinstance(train, Dataset):
+        return
+    for split in ("val", "test"):
+        part = parts[split]
+        if part is None or isinstance(part, Dataset):
+            continue
+        if part[0].shape[1:] != train[0].shape[1:] or (task.per_position and part[1].shape[1] != task.target_len):
+            raise DatasetError(f"'{name}' {split}: samples {part[0].shape[1:]} and targets {part[1].shape[1:]} do not "
+                               f"match the training split's {train[0].shape[1:]} and {train[1].shape[1:]}")
 
 
 _Y_SHAPES = {Target.label: "(N,) class indices", Target.value: "(N,) real numbers",

@@ -125,12 +125,14 @@ class Recurrent(nn.Module):
             for block in self.blocks:
                 h = block(h)
             return self.head(h)  # (N, T, num_classes)
-        # token sequences end at their last non-PAD id (padding comes after it); a host copy of N lengths
-        lengths = (x != PAD).sum(1).clamp(min=1).cpu() if self.embed is not None else None
+        # Token sequences end at their last non-PAD id (padding comes after it). One direction reads each to its
+        # end and the state there is taken: what comes after cannot change it. Two directions are packed, so
+        # the backward one starts at each sequence's own end; packing needs the lengths on the host.
+        lengths = (x != PAD).sum(1).clamp(min=1) if self.embed is not None else None
+        packed = lengths.cpu() if lengths is not None and self.bidirectional else None
         for block in self.blocks:
-            h = block(h, lengths) if lengths is not None and bool((lengths < x.shape[1]).any()) else block(h)
-        ends = (lengths - 1).to(h.device) if lengths is not None else torch.full((len(h),), h.shape[1] - 1,
-                                                                                 device=h.device)
+            h = block(h, packed) if packed is not None and bool((packed < x.shape[1]).any()) else block(h)
+        ends = lengths - 1 if lengths is not None else torch.full((len(h),), h.shape[1] - 1, device=h.device)
         last = h[torch.arange(len(h), device=h.device), ends]
         if self.bidirectional:  # the backward direction has read the whole sequence at its first step
             last = torch.cat([last[:, :self.hidden], h[:, 0, self.hidden:]], dim=1)
