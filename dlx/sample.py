@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -57,8 +58,9 @@ def sample_main(args: list[str]) -> int:
 
 def sample(run_id: str, *, prompt: str, temperature: float, length: int, seed: int, uri: str | None = None) -> str:
     """The prompt and `length` generated characters; RunError (exit 2) for a run that cannot be sampled."""
-    if not temperature >= 0:
-        raise RunError(f"--temperature={temperature}: allowed >= 0 (0 takes the most likely character)", 2)
+    if not 0 <= temperature < math.inf:
+        raise RunError(f"--temperature={temperature}: allowed a finite number >= 0 (0 takes the most likely "
+                       "character)", 2)
     if length < 0:
         raise RunError(f"--length={length}: allowed >= 0", 2)
     if not prompt:

@@ -86,7 +86,8 @@ def test_sample_refuses_in_one_line_what_it_cannot_sample(runs):
         "no such run": ["0123456789abcdef0123456789abcdef"],
         "is not a character language model": [ids["digits"]],
         "has no checkpoint to sample from": [ids["lm_nockpt"]],
-        "--temperature=-1.0: allowed >= 0": [ids["lm"], "--temperature", "-1"],
+        "--temperature=-1.0: allowed a finite number >= 0": [ids["lm"], "--temperature", "-1"],
+        "--temperature=inf: allowed a finite number >= 0": [ids["lm"], "--temperature", "inf"],
     }
     for (says, args), (code, out, err) in zip(cases.items(), sample(list(cases.values()), uri)):
         lines = err.strip().splitlines()

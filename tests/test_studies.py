@@ -33,6 +33,17 @@ def test_preset_composes_and_sweeps_keys_of_the_config(name):
     assert get_finding(name).__module__ == "dlx.report.findings"
 
 
+def test_dlx_report_finds_the_check_of_every_ready_made_study_by_itself():
+    from dlx.report.cli import register_studies
+    from dlx.report.stats import finding
+
+    register_studies()
+    generic = {"optimizers", "schedulers"}  # many levels: their finding is the generic best against worst
+    for path in sorted((REPO / "conf" / "study").glob("*.yaml")):
+        name = OmegaConf.load(path).study.name
+        assert (get_finding(name) is finding) == (name in generic), f"{name}: no effect check for dlx report"
+
+
 # ---------------------------------------------------------------------------------------------- findings
 def record(i: int, params: dict, metrics: dict, ok: bool = True) -> RunRecord:
     return RunRecord(f"{i:032x}", f"r{i}", "FINISHED" if ok else "FAILED", {k: str(v) for k, v in params.items()},

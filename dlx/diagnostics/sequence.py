@@ -16,7 +16,6 @@ for the first few validation samples, with the input image beside a map when the
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,15 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlx.diagnostics.common import evaluated
+from dlx.engine import takes_target
 from dlx.losses import LossFn
 from dlx.plots import pyplot, save_figure
 
 log = logging.getLogger("dlx")
-
-
-def takes_target(model: nn.Module) -> bool:
-    """Whether the model's forward takes the targets in training (teacher forcing)."""
-    return "target" in inspect.signature(model.forward).parameters
 
 
 @contextlib.contextmanager

@@ -98,9 +98,22 @@ def choose_by(ns, target) -> list[str]:
     return by
 
 
+def register_studies() -> None:
+    """Import dlx.report.findings and every dlx.report.findings_<study> module: each registers its studies'
+    effect checks and figures, so a new study adds its module and nothing else."""
+    import importlib
+    import pkgutil
+
+    import dlx.report
+
+    for module in pkgutil.iter_modules(dlx.report.__path__):
+        if module.name == "findings" or module.name.startswith("findings_"):
+            importlib.import_module(f"dlx.report.{module.name}")
+
+
 def build_report(client, target, by: list[str], metrics: list[tuple[str, str]]):
     """The rows, curves and study notes of a report (no files yet)."""
-    import dlx.report.findings  # noqa: F401 - registers the ready-made studies' effect checks
+    register_studies()
     from dlx.report.collect import available_metrics, histories
     from dlx.report.stats import get_finding, mean_curve
     from dlx.report.table import Report, build_rows, mark_best
@@ -142,6 +155,8 @@ def build_report(client, target, by: list[str], metrics: list[tuple[str, str]]):
 def write_files(report, out: Path, client=None, study: str | None = None) -> list[Path]:
     from dlx.report import plots, render
     from dlx.report.findings import get_study_plots
+
+    register_studies()
 
     out.mkdir(parents=True, exist_ok=True)
     images = []
