@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from dlx.data.batches import TensorSplit, eval_bounds
+from dlx.early_stopping import EarlyStopping  # noqa: F401 - part of the loop's interface
 from dlx.losses import LossFn
 from dlx.optim import decayed_params
-from dlx.tasks import LABELS, Target, Task, maximised
+from dlx.tasks import LABELS, Target, Task, metric_mode  # noqa: F401 - metric_mode: as above
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,6 @@ def train_batches(n: int, batch_size: int, smallest: int = 1) -> list[tuple[int,
     return bounds
 
 
-def metric_mode(name: str, mode: str = "auto") -> str:
-    """'max' for accuracy-like metrics (dlx.tasks.maximised), 'min' for losses and the rest, unless given."""
-    if mode != "auto":
-        return mode
-    return "max" if maximised(name) else "min"
-
-
 def takes_target(model: nn.Module) -> bool:
     """A model whose forward names a `target` parameter is given the batch's targets in training steps (teacher
     forcing); evaluation calls it on x alone."""
@@ -105,39 +99,6 @@ def takes_target(model: nn.Module) -> bool:
         return "target" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
-
-
-@dataclass
-class EarlyStopping:
-    monitor: str = "val/loss"
-    mode: str = "auto"
-    patience: int = 5
-    min_delta: float = 0.0
-    restore_best: bool = True
-    best: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    best_state: dict | None = field(default=None, repr=False)
-
-    def update(self, epoch: int, metrics: dict, model: nn.Module) -> bool:
-        """Record this epoch's monitored value; True when training should stop."""
-        value = metrics[self.monitor]
-        sign = 1 if metric_mode(self.monitor, self.mode) == "max" else -1
-        if self.best is None or sign * (value - self.best) > self.min_delta:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            if self.restore_best:  # a copy on the device: restoring costs no transfer
-                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return False
-        self.bad_epochs += 1
-        return self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict:
-        keep = ("best", "best_epoch", "bad_epochs", "best_state")
-        return {k: getattr(self, k) for k in keep}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
 
 
 @dataclass

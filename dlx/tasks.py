@@ -41,6 +41,13 @@ def maximised(metric: str) -> bool:
     return not name.startswith("gap/") and any(w in name.rpartition("/")[2] for w in MAXIMISED)
 
 
+def metric_mode(name: str, mode: str = "auto") -> str:
+    """'max' for accuracy-like metrics (dlx.tasks.maximised), 'min' for losses and the rest, unless given."""
+    if mode != "auto":
+        return mode
+    return "max" if maximised(name) else "min"
+
+
 class Target(str, Enum):
     label = "label"
     value = "value"

@@ -90,7 +90,9 @@ class Seq2Seq(nn.Module):
 
     # ------------------------------------------------------------------ pieces
     def encode(self, x: torch.Tensor):
-        """(encoder outputs (N, T_in, H), final state, padding mask (N, T_in): True at PAD)."""
+        """(encoder outputs (N, T_in, H), final state, padding mask (N, T_in): True at PAD). The encoder reads the
+        whole padded input, so with variable lengths the final state has also read each sequence's trailing
+        padding (the attention variants give padding no weight); copy and reverse are of one length by default."""
         out, state = self.encoder(self.drop(self.embed(x)))
         return out, state, x == PAD
 
