@@ -20,6 +20,9 @@ from dlx.tasks import IGNORE, PAD, Target
 TEST_SAMPLES = 1000  # every generated task's test split: 1000 samples give acc to about +-1.5% (one std)
 # the adding problem's solved threshold: |error| < 0.04, as in Le et al. 2015 and the metric
 ADDING_TOLERANCE = 0.04
+# the adding problem's trivial score: predicting the mean sum, 1, errs by the difference of two U(0, 1) draws,
+# whose variance is 1/6
+ADDING_TRIVIAL_MSE = 1 / 6
 
 Length = Annotated[int, Range(ge=2)]
 Samples = Annotated[int, Range(ge=10)]
