@@ -37,9 +37,7 @@ def summary(row, metric: str) -> Summary:
     return mean_ci(values(row, metric))
 
 
-def num(x: float) -> str:
-    """Four decimals, or three significant digits for values that would print as 0.0000 (a ratio of 2e-5)."""
-    return f"{x:.2e}" if x != 0 and abs(x) < 5e-4 else format_number(x)
+num = format_number  # the findings' numbers print as the tables' do
 
 
 def show(s: Summary) -> str:

@@ -94,8 +94,12 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 
 def format_number(x: float | None) -> str:
+    """Four decimals; three significant digits for values that would print as 0.0000 (a gradient ratio of
+    2e-5) or that are large."""
     if x is None:
         return "-"
+    if x != 0 and abs(x) < 5e-4:
+        return f"{x:.2e}"
     return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4g}"
 
 
