@@ -197,3 +197,30 @@ def sweep_direction(target: Target, metric: str) -> str | None:
 
 def available_metrics(runs: list[RunRecord]) -> list[str]:
     return sorted({k for r in runs for k in r.metrics})
+
+
+def copy_first_artifact(client, runs, name: str, dest: Path):
+    """Copy the artifact `name` of the first of `runs` (lowest seed first) that logged it to dest; that run, or
+    None when none did (a run without diagnostics=sequence has no attention map, say)."""
+    import os
+    import shutil
+    import tempfile
+
+    from dlx.tracking import local_path
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for dlx's own lines
+    for run in sorted(runs, key=lambda r: float(r.params.get("seed") or 0)):
+        local = local_path(client.get_run(run.run_id).info.artifact_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            if local is not None:
+                found = local / name if (local / name).is_file() else None
+            else:
+                try:
+                    found = Path(client.download_artifacts(run.run_id, name, tmp))
+                except Exception:  # noqa: BLE001 - MLflow raises its own errors for a missing artifact
+                    found = None
+            if found is not None:
+                shutil.copyfile(found, dest)
+                return run
+    return None
+

@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from dlx.report.collect import copy_first_artifact
 from dlx.report.findings import (
     compare,
     levels_of,
     missing,
-    number,
     pick,
     register_study_plots,
     show,
@@ -126,41 +126,19 @@ def plot_by_length(rows: Sequence, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def artifact_file(client, run_id: str, name: str, dst: Path) -> Path | None:
-    """A run's artifact as a local file, where the run wrote it or downloaded into dst; None when it has none."""
-    import os
-
-    from dlx.tracking import local_path
-
-    local = local_path(client.get_run(run_id).info.artifact_uri)
-    if local is not None:
-        return local / name if (local / name).is_file() else None
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for dlx's own lines
-    try:
-        return Path(client.download_artifacts(run_id, name, str(dst)))
-    except Exception:  # noqa: BLE001 - MLflow raises its own errors for a missing artifact
-        return None
-
-
 def attention_map(client, rows: Sequence, out: Path) -> tuple[list[Path], list[str]]:
     """The attention map drawn in the run with attention at the longest length with the lowest seed."""
-    import shutil
-    import tempfile
-
     lengths, kinds = levels_of(rows, LENGTH), kinds_of(rows)
     row = cell(rows, kinds[0], lengths[-1]) if lengths and kinds else None
     if row is None:
         return [], []
-    for run in sorted(row.ok_runs, key=lambda r: number(r.params.get("seed")) or 0):
-        with tempfile.TemporaryDirectory() as tmp:
-            got = artifact_file(client, run.run_id, MAP, Path(tmp))
-            if got is None:  # a run without the map (diagnostics=sequence off): try the next
-                continue
-            png = shutil.copyfile(got, out / "attention_map.png")
-        return [Path(png)], [f"attention_map.png: where each output step of greedy decoding reads the input "
-                             f"(reverse: the anti-diagonal), {kinds[0]} attention, run {run.run_id} (length "
-                             f"{lengths[-1]:g}, seed {run.params.get('seed')}), on the first validation samples"]
-    return [], ["attention_map.png: no run with attention logged an attention map (diagnostics=sequence on?)"]
+    png = out / "attention_map.png"
+    run = copy_first_artifact(client, row.ok_runs, MAP, png)
+    if run is None:
+        return [], ["attention_map.png: no run with attention logged an attention map (diagnostics=sequence on?)"]
+    return [png], [f"attention_map.png: where each output step of greedy decoding reads the input (reverse: the "
+                   f"anti-diagonal), {kinds[0]} attention, run {run.run_id} (length {lengths[-1]:g}, seed "
+                   f"{run.params.get('seed')}), on the first validation samples"]
 
 
 @register_study_plots("attention")

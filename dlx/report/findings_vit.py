@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from dlx.report.collect import copy_first_artifact
 from dlx.report.findings import compare, missing, number, register_study_plots, show, summary, verdict
 from dlx.report.stats import Summary, format_number, mean_ci, register_finding
 
@@ -126,42 +127,20 @@ def plot_by_size(rows: Sequence, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def _artifact(client, run_id: str, name: str, dst: Path) -> Path | None:
-    """A run's artifact as a local file, where the run wrote it or downloaded into dst; None when it has none."""
-    import os
-
-    from dlx.tracking import local_path
-
-    local = local_path(client.get_run(run_id).info.artifact_uri)
-    if local is not None:
-        return local / name if (local / name).is_file() else None
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for dlx's own lines
-    try:
-        return Path(client.download_artifacts(run_id, name, str(dst)))
-    except Exception:  # noqa: BLE001 - MLflow raises its own errors for a missing artifact
-        return None
-
-
 def attention_map(client, rows: Sequence, out: Path) -> tuple[list[Path], list[str]]:
     """The class-token attention drawn in the ViT run of the largest training set with the lowest seed."""
-    import shutil
-    import tempfile
-
     _, vit = models_of(rows)
     cells = by_size(rows, vit) if vit else {}
     if not cells:
         return [], []
     size = max(cells)
-    for run in sorted(cells[size].ok_runs, key=lambda r: number(r.params.get("seed")) or 0):
-        with tempfile.TemporaryDirectory() as tmp:
-            got = _artifact(client, run.run_id, ATTENTION, Path(tmp))
-            if got is None:  # a run without the map (diagnostics=sequence off): try the next
-                continue
-            png = shutil.copyfile(got, out / "vit_attention.png")
-        return [Path(png)], [f"vit_attention.png: the class token's attention over the patch grid in the last "
-                             f"block (mean over heads) of {vit} run {run.run_id} ({size_label(size)} training "
-                             f"samples, seed {run.params.get('seed')}), on the first validation images"]
-    return [], ["vit_attention.png: no ViT run logged an attention map (diagnostics=sequence on?)"]
+    png = out / "vit_attention.png"
+    run = copy_first_artifact(client, cells[size].ok_runs, ATTENTION, png)
+    if run is None:
+        return [], ["vit_attention.png: no ViT run logged an attention map (diagnostics=sequence on?)"]
+    return [png], [f"vit_attention.png: the class token's attention over the patch grid in the last block (mean "
+                   f"over heads) of {vit} run {run.run_id} ({size_label(size)} training samples, seed "
+                   f"{run.params.get('seed')}), on the first validation images"]
 
 
 @register_study_plots("vit_vs_cnn")
