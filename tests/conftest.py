@@ -98,6 +98,16 @@ def workdir(tmp_path: Path) -> Path:
     return d
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker takes one core's share: torch's own threads in the worker would
+    otherwise double the two cores' load."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
 
