@@ -121,6 +121,22 @@ def run_dlx(model: str, epochs: int, store: Path, run_name: str) -> tuple[list[f
     return [m.value for m in history], wall
 
 
+def hand_loop_parts(cfg: dict, same_kernel: bool):
+    """What a hand-written loop trains for a resolved config: (data, model, optimizer) on the config's device,
+    seeded as dlx seeds a run; torch.optim.Adam as one writes it, or with the update kernel dlx picks for it."""
+    import torch
+
+    from dlx.build import build_data, build_model, select_device
+    from dlx.optim import fastest_implementation
+
+    device = select_device(cfg["trainer"]["device"])
+    torch.manual_seed(cfg["trainer"]["seed"])
+    data = build_data(cfg, device)
+    net = build_model(cfg, data).to(device)
+    kernel = fastest_implementation(torch.optim.Adam, {device}) if same_kernel else {}
+    return data, net, torch.optim.Adam(net.parameters(), lr=cfg["optimizer"]["lr"], **kernel)
+
+
 def run_baseline(model: str, epochs: int, same_kernel: bool = False) -> tuple[list[float], float, int, int]:
     """The hand-written loop on the same device, data, model and optimizer: torch.optim.Adam as one writes it,
     or, with `same_kernel`, with the update kernel dlx picks for it (fused on CPU).
@@ -130,16 +146,9 @@ def run_baseline(model: str, epochs: int, same_kernel: bool = False) -> tuple[li
     import torch
     import torch.nn.functional as F
 
-    from dlx.build import build_data, build_model, select_device
-    from dlx.optim import fastest_implementation
-
     cfg = resolved_config([f"model={model}", "tracking.enabled=false"])
-    device = select_device(cfg["trainer"]["device"])
-    torch.manual_seed(cfg["trainer"]["seed"])
-    data = build_data(cfg, device)
-    net = build_model(cfg, data).to(device)
-    kernel = fastest_implementation(torch.optim.Adam, {device}) if same_kernel else {}
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg["optimizer"]["lr"], **kernel)
+    data, net, optimizer = hand_loop_parts(cfg, same_kernel)
+    device = data.train.device
     batch_size = cfg["trainer"]["batch_size"]
     x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
     n = len(x_train)
@@ -258,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = compose([])
     device = select_device(cfg.trainer.device)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"dlx overhead: dataset {cfg.dataset.name}, batch {cfg.trainer.batch_size}, device {device}, "
+    print(f"dlx overhead: dataset {cfg.dataset._target_.rpartition('.')[2]}, batch {cfg.trainer.batch_size}, device {device}, "
           f"torch {torch.__version__} with {torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, "
           f"{args.epochs} epochs x {args.repeats} repeats per loop, first epoch of each run dropped")
     if load:

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from overhead import BASELINES, Comparison, report, working_directory
+from overhead import BASELINES, Comparison, hand_loop_parts, report, working_directory
 
 REPO = Path(__file__).resolve().parents[1]
 # small enough for a 2-core CPU: a few seconds an epoch
@@ -85,18 +85,12 @@ def run_baseline(args: list[str], same_kernel: bool) -> tuple[list[float], float
     import torch.nn.functional as F
     from omegaconf import OmegaConf
 
-    from dlx.build import build_data, build_model, select_device
     from dlx.compose import compose
-    from dlx.optim import fastest_implementation
     from dlx.tasks import IGNORE
 
     cfg = OmegaConf.to_container(compose([*args, "tracking.enabled=false"]), resolve=True, enum_to_str=True)
-    device = select_device(cfg["trainer"]["device"])
-    torch.manual_seed(cfg["trainer"]["seed"])
-    data = build_data(cfg, device)
-    net = build_model(cfg, data).to(device)
-    kernel = fastest_implementation(torch.optim.Adam, {device}) if same_kernel else {}
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg["optimizer"]["lr"], **kernel)
+    data, net, optimizer = hand_loop_parts(cfg, same_kernel)
+    device = data.train.device
     batch_size = cfg["trainer"]["batch_size"]
     x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
     n = len(x_train)

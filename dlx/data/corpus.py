@@ -8,7 +8,6 @@ the loader dlx.data.text.)"""
 from __future__ import annotations
 
 import collections
-import csv as csvlib
 import enum
 import re
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Annotated
 
 import numpy as np
 
-from dlx.data.files import _class_order, _error, _existing
+from dlx.data.files import _class_order, _error, _existing, read_rows
 from dlx.data.source import Source, loader
 from dlx.data.splits import TEST_FRACTION, TEST_SPLIT_SEED, stratified_split
 from dlx.options import Range
@@ -86,24 +85,13 @@ UNKNOWN = 1  # the id of a token the training split lacks (0 is PAD)
 
 
 def _read_rows(key: str, path: str, text: str, label: str, delimiter: str) -> tuple[list[str], list[str]]:
-    file = _existing(key, path)
-    try:
-        with open(file, newline="", encoding="utf-8-sig") as handle:
-            rows = [row for row in csvlib.reader(handle, delimiter=delimiter) if row]
-    except (OSError, UnicodeDecodeError, csvlib.Error) as error:
-        raise _error(key, path, f"cannot read it as a table ({error})") from None
-    if len(rows) < 2:
-        raise _error(key, path, "needs a header row and at least one data row")
-    header = [name.strip() for name in rows[0]]
+    header, rows = read_rows(key, path, delimiter)
     for column, option in ((text, "text"), (label, "label")):
         if column not in header:
             raise _error(key, path, f"has no {option} column {column!r} (dataset.{option}); its columns: "
                                     f"{', '.join(header)}")
     at_text, at_label = header.index(text), header.index(label)
-    for r, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise _error(key, path, f"row {r} has {len(row)} fields, the header {len(header)}")
-    return [row[at_text] for row in rows[1:]], [row[at_label].strip() for row in rows[1:]]
+    return [row[at_text] for row in rows], [row[at_label].strip() for row in rows]
 
 
 @loader(tokens=True)

@@ -74,7 +74,9 @@ def npz(*, path: str) -> Source:
                   name=file.stem)
 
 
-def _read_table(key: str, path: str, label: str, delimiter: str) -> tuple[list[str], np.ndarray, list[str]]:
+def read_rows(key: str, path: str, delimiter: str) -> tuple[list[str], list[list[str]]]:
+    """(header, data rows) of a CSV file with a header row, every row as long as the header; one-line errors
+    naming dataset.<key>."""
     file = _existing(key, path)
     try:
         with open(file, newline="", encoding="utf-8-sig") as handle:
@@ -84,17 +86,23 @@ def _read_table(key: str, path: str, label: str, delimiter: str) -> tuple[list[s
     if len(rows) < 2:
         raise _error(key, path, "needs a header row and at least one data row")
     header = [name.strip() for name in rows[0]]
+    for r, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise _error(key, path, f"row {r} has {len(row)} fields, the header {len(header)}")
+    return header, rows[1:]
+
+
+def _read_table(key: str, path: str, label: str, delimiter: str) -> tuple[list[str], np.ndarray, list[str]]:
+    header, rows = read_rows(key, path, delimiter)
     if label not in header:
         raise _error(key, path, f"has no label column {label!r} (dataset.label); its columns: {', '.join(header)}")
     at = header.index(label)
     features = [name for i, name in enumerate(header) if i != at]
     if not features:
         raise _error(key, path, "has no feature column besides the label")
-    x = np.empty((len(rows) - 1, len(features)), dtype=np.float32)
+    x = np.empty((len(rows), len(features)), dtype=np.float32)
     labels = []
-    for r, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise _error(key, path, f"row {r} has {len(row)} fields, the header {len(header)}")
+    for r, row in enumerate(rows, start=2):  # r: the row's line in the file, after the header
         labels.append(row[at].strip())
         values = row[:at] + row[at + 1:]
         for c, value in enumerate(values):
