@@ -67,8 +67,7 @@ def pairing_problems(cfg: dict, data: str, target: Target, tokens: bool) -> list
     named = _parameters(model)
     out = []
     kinds = {"vocab": "token ids for inputs", "target_len": f"{target.value} targets (one per position)"}
-    needed = [arg for arg, need in (("vocab", tokens), ("target_len", target in (Target.steps, Target.sequence)))
-              if need and arg not in named]
+    needed = [arg for arg in _needs(target, tokens) if arg not in named]
     serves = getattr(locate(model, "model._target_"), "targets", None)  # a model may say which kinds it serves
     if needed or (serves is not None and target not in serves):
         what = [kinds[a] for a in needed] or [f"{target.value} targets"]
@@ -101,10 +100,15 @@ def _models_serving(target: Target, tokens: bool) -> list[str]:
     """The built-in model options that can serve data of this kind, read from their signatures and targets."""
     from dlx.components import builtin
 
-    needed = {"vocab"} if tokens else set()
-    needed |= {"target_len"} if target in (Target.steps, Target.sequence) else set()
     return [f"model={name}" for name, fn in sorted(builtin()["model"].items())
-            if needed <= set(_parameters(fn)) and target in getattr(locate(fn, "model._target_"), "targets", Target)]
+            if set(_needs(target, tokens)) <= set(_parameters(fn))
+            and target in getattr(locate(fn, "model._target_"), "targets", Target)]
+
+
+def _needs(target: Target, tokens: bool) -> list[str]:
+    """The data arguments a model must take to serve data of this kind."""
+    return [arg for arg, need in (("vocab", tokens), ("target_len", target in (Target.steps, Target.sequence)))
+            if need]
 
 
 def data_arguments(cfg: dict, data: DataSplits) -> dict[str, Any]:
