@@ -137,19 +137,18 @@ def hand_loop_parts(cfg: dict, same_kernel: bool):
     return data, net, torch.optim.Adam(net.parameters(), lr=cfg["optimizer"]["lr"], **kernel)
 
 
-def run_baseline(model: str, epochs: int, same_kernel: bool = False) -> tuple[list[float], float, int, int]:
-    """The hand-written loop on the same device, data, model and optimizer: torch.optim.Adam as one writes it,
-    or, with `same_kernel`, with the update kernel dlx picks for it (fused on CPU).
+def hand_loop(cfg: dict, same_kernel: bool, loss_fn) -> tuple[list[float], float, int, int, int]:
+    """The hand-written loop, as one writes it, over what hand_loop_parts builds for cfg: `loss_fn(logits, y)`
+    per batch, then the validation loss and accuracy each epoch.
 
-    Returns (epoch times, mean wall seconds per epoch after the first, parameters, steps per epoch).
+    Returns (epoch times, mean wall seconds per epoch after the first, parameters, steps per epoch, numbers in
+    the training inputs).
     """
     import torch
-    import torch.nn.functional as F
 
-    cfg = resolved_config([f"model={model}", "tracking.enabled=false"])
     data, net, optimizer = hand_loop_parts(cfg, same_kernel)
     device = data.train.device
-    batch_size = cfg["trainer"]["batch_size"]
+    epochs, batch_size = cfg["trainer"]["epochs"], cfg["trainer"]["batch_size"]
     x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
     n = len(x_train)
 
@@ -160,14 +159,14 @@ def run_baseline(model: str, epochs: int, same_kernel: bool = False) -> tuple[li
         perm = torch.randperm(n, device=device)
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
-            loss = F.cross_entropy(net(x_train[idx]), y_train[idx])
+            loss = loss_fn(net(x_train[idx]), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         net.eval()
         with torch.no_grad():
             logits = net(x_val)
-            val_loss = F.cross_entropy(logits, y_val).item()
+            val_loss = loss_fn(logits, y_val).item()
             val_acc = (logits.argmax(-1) == y_val).float().mean().item()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -175,9 +174,43 @@ def run_baseline(model: str, epochs: int, same_kernel: bool = False) -> tuple[li
         times.append(end - t0)
         ends.append(end)
     if not (math.isfinite(val_loss) and 0.0 <= val_acc <= 1.0):
-        raise RuntimeError(f"baseline {model}: bad validation metrics {val_loss}, {val_acc}")
+        raise RuntimeError(f"baseline: bad validation metrics {val_loss}, {val_acc}")
     params = sum(p.numel() for p in net.parameters())
-    return times, (ends[-1] - ends[0]) / (epochs - 1), params, -(-n // batch_size)
+    return times, (ends[-1] - ends[0]) / (epochs - 1), params, -(-n // batch_size), x_train.numel()
+
+
+def run_baseline(model: str, epochs: int, same_kernel: bool = False) -> tuple[list[float], float, int, int]:
+    """The hand-written loop on the same device, data, model and optimizer: torch.optim.Adam as one writes it,
+    or, with `same_kernel`, with the update kernel dlx picks for it (fused on CPU).
+
+    Returns (epoch times, mean wall seconds per epoch after the first, parameters, steps per epoch).
+    """
+    import torch.nn.functional as F
+
+    cfg = resolved_config([f"model={model}", "tracking.enabled=false", f"trainer.epochs={epochs}"])
+    return hand_loop(cfg, same_kernel, F.cross_entropy)[:4]
+
+
+def common_arguments(p, *, epochs: int, repeats: int) -> None:
+    """The options every benchmark here takes."""
+    p.add_argument("--epochs", type=int, default=epochs, help=f"epochs per run, the first one dropped (default {epochs})")
+    p.add_argument("--repeats", type=int, default=repeats, help=f"runs of each loop (default {repeats})")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads for every loop; 0 keeps torch's default (default 1: on a small "
+                        "shared machine several threads turn epoch times into a measure of the load)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a ratio misses the target")
+
+
+def start(p, args):
+    """Check the common options and set torch's threads; returns torch."""
+    if args.epochs < 3 or args.repeats < 1:
+        p.error("need --epochs >= 3 and --repeats >= 1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch
 
 
 BASELINES = {"baseline": "the minimal loop (torch.optim.Adam as one writes it)",
@@ -245,22 +278,10 @@ def _relative_iqr(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=30, help="epochs per run, the first one dropped (default 30)")
-    p.add_argument("--repeats", type=int, default=5, help="dlx runs and baseline runs per model (default 5)")
+    common_arguments(p, epochs=30, repeats=5)
     p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads for both loops; 0 keeps torch's default (default 1: on a small "
-                        "shared machine several threads turn epoch times into a measure of the load)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a ratio misses the target")
     args = p.parse_args(argv)
-    if args.epochs < 3 or args.repeats < 1:
-        p.error("need --epochs >= 3 and --repeats >= 1")
-
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch = start(p, args)
     from dlx.build import select_device
     from dlx.compose import compose
 

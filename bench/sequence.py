@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import math
 import os
 import statistics
 import sys
@@ -31,7 +30,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from overhead import BASELINES, Comparison, hand_loop_parts, report, working_directory
+from overhead import (
+    BASELINES,
+    Comparison,
+    common_arguments,
+    hand_loop,
+    report,
+    resolved_config,
+    start,
+    working_directory,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # small enough for a 2-core CPU: a few seconds an epoch
@@ -79,47 +87,16 @@ def run_dlx(args: list[str], store: Path, run_name: str) -> tuple[list[float], f
 
 
 def run_baseline(args: list[str], same_kernel: bool) -> tuple[list[float], float, int, int, int]:
-    """The hand-written loop; (epoch times, mean wall seconds per epoch after the first, parameters, steps per
-    epoch, training tokens per epoch)."""
-    import torch
+    """The hand-written loop (overhead.hand_loop) with a per-token cross-entropy; (epoch times, mean wall
+    seconds per epoch after the first, parameters, steps per epoch, training tokens per epoch)."""
     import torch.nn.functional as F
-    from omegaconf import OmegaConf
 
-    from dlx.compose import compose
     from dlx.tasks import IGNORE
 
-    cfg = OmegaConf.to_container(compose([*args, "tracking.enabled=false"]), resolve=True, enum_to_str=True)
-    data, net, optimizer = hand_loop_parts(cfg, same_kernel)
-    device = data.train.device
-    batch_size = cfg["trainer"]["batch_size"]
-    x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
-    n = len(x_train)
+    def per_token(logits, y):
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
 
-    times, ends = [], []
-    for _ in range(cfg["trainer"]["epochs"]):
-        t0 = time.perf_counter()
-        net.train()
-        perm = torch.randperm(n, device=device)
-        for start in range(0, n, batch_size):
-            idx = perm[start:start + batch_size]
-            loss = F.cross_entropy(net(x_train[idx]).flatten(0, 1), y_train[idx].flatten(), ignore_index=IGNORE)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        net.eval()
-        with torch.no_grad():
-            logits = net(x_val)
-            val_loss = F.cross_entropy(logits.flatten(0, 1), y_val.flatten(), ignore_index=IGNORE).item()
-            val_acc = (logits.argmax(-1) == y_val).float().mean().item()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        end = time.perf_counter()
-        times.append(end - t0)
-        ends.append(end)
-    if not (math.isfinite(val_loss) and 0.0 <= val_acc <= 1.0):
-        raise RuntimeError(f"baseline: bad validation metrics {val_loss}, {val_acc}")
-    params = sum(p.numel() for p in net.parameters())
-    return times, (ends[-1] - ends[0]) / (len(ends) - 1), params, -(-n // batch_size), x_train.numel()
+    return hand_loop(resolved_config([*args, "tracking.enabled=false"]), same_kernel, per_token)
 
 
 def measure(model: str, args: list[str], repeats: int, store: Path) -> tuple[Comparison, int]:
@@ -143,22 +120,11 @@ def measure(model: str, args: list[str], repeats: int, store: Path) -> tuple[Com
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="transformer")
-    p.add_argument("--epochs", type=int, default=8, help="epochs per run, the first one dropped (default 8)")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each loop (default 3)")
+    common_arguments(p, epochs=8, repeats=3)
     p.add_argument("--chars", type=int, default=150_000, help="characters of text (default 150000)")
     p.add_argument("--context", type=int, default=64, help="characters per window (default 64)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads; 0 keeps torch's default "
-                   "(default 1, as bench/overhead.py: several threads on a shared machine measure the load)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a ratio misses the target")
     ns = p.parse_args(argv)
-    if ns.epochs < 3 or ns.repeats < 1:
-        p.error("need --epochs >= 3 and --repeats >= 1")
-
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import torch
-
-    if ns.threads:
-        torch.set_num_threads(ns.threads)
+    torch = start(p, ns)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dlx-sequence-") as tmp:
         text = Path(tmp) / "corpus.txt"
