@@ -18,6 +18,7 @@ from dlx.report.findings import (
     summary,
     verdict,
 )
+from dlx.report.plots import seeds_and_mean
 from dlx.report.stats import Summary, format_number, register_finding
 
 ATTENTION, LENGTH = "model.attention", "dataset.length"
@@ -111,11 +112,7 @@ def plot_by_length(rows: Sequence, path: Path) -> Path | None:
             pts = [(n, s) for n, s in zip(lengths, curve(rows, k, lengths, m)) if s.mean is not None]
             if not pts:
                 continue
-            color = f"C{i}"
-            for n, s in pts:
-                ax.scatter([n] * len(s.values), s.values, s=12, alpha=0.4, color=color)
-            ax.errorbar([n for n, _ in pts], [s.mean for _, s in pts], yerr=[s.half_width or 0.0 for _, s in pts],
-                        fmt="o-", color=color, capsize=4, label=f"attention {k} (n={max(s.n for _, s in pts)})")
+            seeds_and_mean(ax, pts, f"C{i}", f"attention {k}")
         ax.set_xticks(lengths, [f"{n:g}" for n in lengths])
         ax.set_xlabel("sequence length")
         ax.set_ylabel(f"final {m}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dlx.data.sequences import ADDING_TRIVIAL_MSE
 from dlx.report.findings import compare, missing, number, register_study_plots, show, summary, verdict
+from dlx.report.plots import seeds_and_mean
 from dlx.report.stats import format_number, register_finding
 
 MODEL, LENGTH = "model", "dataset.length"
@@ -120,11 +121,7 @@ def plot_by_length(rows: Sequence, path: Path) -> Path | None:
             pts = [(n, s) for n, s in pts if s.mean is not None]
             if not pts:
                 continue
-            color = f"C{i}"
-            for n, s in pts:
-                ax.scatter([n] * len(s.values), s.values, s=12, alpha=0.4, color=color)
-            ax.errorbar([n for n, _ in pts], [s.mean for _, s in pts], yerr=[s.half_width or 0.0 for _, s in pts],
-                        fmt="o-", color=color, capsize=4, label=f"{model} (n={max(s.n for _, s in pts)})")
+            seeds_and_mean(ax, pts, f"C{i}", model)
         if metric == "test/mse":
             ax.axhline(ADDING_TRIVIAL_MSE, color="gray", ls="--", lw=1, label="predicting the mean")
             ax.set_yscale("log")

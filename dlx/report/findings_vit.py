@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dlx.report.collect import copy_first_artifact
 from dlx.report.findings import compare, missing, number, register_study_plots, show, summary, verdict
+from dlx.report.plots import seeds_and_mean
 from dlx.report.stats import Summary, format_number, mean_ci, register_finding
 
 MODEL, SIZE, METRIC = "model", "dataset.train_subset", "test/acc"
@@ -111,11 +112,7 @@ def plot_by_size(rows: Sequence, path: Path) -> Path | None:
         pts = [(x, s) for x, s in pts if s.mean is not None]
         if not pts:
             continue
-        color = f"C{i}"
-        for x, s in pts:
-            ax.scatter([x] * len(s.values), s.values, s=12, alpha=0.4, color=color)
-        ax.errorbar([x for x, _ in pts], [s.mean for _, s in pts], yerr=[s.half_width or 0.0 for _, s in pts],
-                    fmt="o-", color=color, capsize=4, label=f"{model} (n={max(s.n for _, s in pts)})")
+        seeds_and_mean(ax, pts, f"C{i}", model)
     ax.set_xscale("log")
     ax.set_xticks([at[s] for s in sizes], [size_label(s) for s in sizes])
     ax.minorticks_off()

@@ -92,3 +92,13 @@ def plot_final(rows: list[Row], factor: str, metrics: list[str], path: str | Pat
         ax.grid(alpha=0.3)
     fig.suptitle(title or "dots: seeds; marker: mean with 95% CI (red: best)")
     return save_figure(fig, path)
+
+
+def seeds_and_mean(ax, pts: list, color: str, label: str) -> None:
+    """One line of a study figure: each seed's value as a faint dot at its x, the mean with its 95% CI as a line
+    through the points; `pts` is [(x, Summary)], the legend shows the most seeds any point has."""
+    for x, s in pts:
+        ax.scatter([x] * len(s.values), s.values, s=12, alpha=0.4, color=color)
+    ax.errorbar([x for x, _ in pts], [s.mean for _, s in pts], yerr=[s.half_width or 0.0 for _, s in pts],
+                fmt="o-", color=color, capsize=4, label=f"{label} (n={max(s.n for _, s in pts)})")
+
