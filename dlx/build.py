@@ -32,6 +32,8 @@ from dlx.models import check_io
 from dlx.models.layers import DATA_ARGUMENTS
 from dlx.optim import create_optimizer
 from dlx.schedule import create_scheduler
+from dlx.ssl.objective import create_objective
+from dlx.ssl.objective import outputs as ssl_outputs
 from dlx.tasks import Target
 
 
@@ -123,24 +125,27 @@ def data_arguments(cfg: dict, data: DataSplits) -> dict[str, Any]:
     return {k: v for k, v in given.items() if k in named}
 
 
-def build_model(cfg: dict, data: DataSplits) -> nn.Module:
+def build_model(cfg: dict, data: DataSplits, outputs: int | None = None) -> nn.Module:
+    """The model group's model; `outputs` replaces the class count as its num_classes (a self-supervised encoder's
+    features)."""
     make, _ = factory("model", cfg["model"])
-    shape = check_io(data.input_shape, data.num_classes)
+    outputs = data.num_classes if outputs is None else outputs
+    shape = check_io(data.input_shape, outputs)
     target = cfg["model"]["_target_"]
-    model = call("model", target, make, input_shape=shape, num_classes=data.num_classes,
-                 **data_arguments(cfg, data))
+    model = call("model", target, make, input_shape=shape, num_classes=outputs, **data_arguments(cfg, data))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={cfg['model']['_target_']}: returned a {type(model).__name__}, not a "
                           "torch.nn.Module")
     return model
 
 
-def check_sample(cfg: dict, model: nn.Module, loss_fn, data: DataSplits) -> None:
+def check_sample(cfg: dict, model: nn.Module, loss_fn, data: DataSplits, outputs: int | None = None) -> None:
     """One forward pass and one loss on two training samples, before any run starts: a user's model that
-    returns the wrong shape, or a loss that does not return a scalar, is a configuration error (exit 2)."""
+    returns the wrong shape, or a loss that does not return a scalar, is a configuration error (exit 2).
+    `outputs`: a self-supervised encoder's features, which no loss of the loss group reads."""
     x, y = data.train.take(torch.arange(min(2, len(data.train))))
     target = cfg["model"]["_target_"]
-    want = data.task.output_shape(len(x), data.num_classes)
+    want = data.task.output_shape(len(x), data.num_classes if outputs is None else outputs)
     names = "(batch, target_len, num_classes)" if data.task.per_position else "(batch, num_classes)"
     # evaluation's call, and a teacher-forced model's training call too (dlx.engine.takes_target), each leaving
     # the model's mode, buffers and random state as they were
@@ -157,6 +162,8 @@ def check_sample(cfg: dict, model: nn.Module, loss_fn, data: DataSplits) -> None
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ConfigError(f"model._target_={target}: returned {got} ({what}) for a sample batch of shape "
                               f"{tuple(x.shape)}; a model must return logits of shape {names} = {want}")
+    if outputs is not None:
+        return
     try:
         value = loss_fn(logits, y)
     except Exception as exc:  # noqa: BLE001
@@ -233,9 +240,13 @@ def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
     augment = create_augmentation(**cfg["augmentation"], task=data.task)
     if augment is not None:
         augment.check_input(data.input_shape)
-    model = build_model(cfg, data).to(device)
+    outputs = ssl_outputs(cfg, data)
+    encoder = build_model(cfg, data, outputs).to(device)
     loss_fn, eval_loss_fn = build_loss(cfg)
-    check_sample(cfg, model, loss_fn, data)
+    check_sample(cfg, encoder, loss_fn, data, None if outputs == data.num_classes else outputs)
+    # the objective: the model itself on labels, or a self-supervised method's module around it (dlx.ssl)
+    model, objective, represent = create_objective(cfg, encoder, data, seed=int(t["seed"]))
+    model = model.to(device)
     forward = torch.compile(model) if t["compile"] else model
 
     make, extras = factory("optimizer", cfg["optimizer"])
@@ -261,6 +272,7 @@ def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
     trainer = Trainer(
         model=model, optimizer=optimizer, schedule=schedule, data=data, options=options, augment=augment,
         loss_fn=loss_fn, eval_loss_fn=eval_loss_fn, early_stopping=early, forward=forward, callbacks=list(callbacks),
+        objective=objective, represent=represent,
     )
     num_params = sum(p.numel() for p in model.parameters())
     return Built(data=data, model=model, trainer=trainer, device=device, num_params=num_params,

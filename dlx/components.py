@@ -248,6 +248,10 @@ def problems(cfg: Mapping) -> list[str]:
 
         name = str(cfg["dataset"].get("_target_", "")).rpartition(".")[2]
         out += config_problems(cfg["augmentation"], dataset=name, declared=declared)
+    if not out:  # what a self-supervised objective rules out (dlx.ssl.objective)
+        from dlx.ssl.objective import config_problems as objective_problems
+
+        out += objective_problems(cfg, declared)
     return out
 
 

@@ -10,7 +10,7 @@ from dlx.config import ConfigError, register_configs
 from dlx.validate import validate
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "loss", "regularization", "augmentation", "trainer",
-          "tracking", "diagnostics")
+          "tracking", "diagnostics", "objective")
 # The hydra.* overrides dlx documents (a trailing .* takes every key below): the sweeper and its settings,
 # the launcher and its settings, where runs and sweeps write, and the logging a sweep picks for its
 # trials. Any other hydra.* key could run code: hydra.callbacks.* instantiates the _target_ it is given,

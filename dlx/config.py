@@ -86,6 +86,41 @@ class AugmentationConfig:
     synonyms: str | None = None  # a UTF-8 file: one group of synonyms per line, words separated by commas or tabs
 
 
+# ---------------------------------------------------------------- objective
+class ObjectiveName(str, Enum):
+    supervised = "supervised"  # the labels' loss (the loss group)
+    simsiam = "simsiam"  # Chen & He 2021 (dlx.ssl)
+    simclr = "simclr"  # Chen et al. 2020
+
+
+@dataclass
+class ObjectiveConfig:
+    name: ObjectiveName = ObjectiveName.supervised
+    # the representation metrics (dlx.ssl.represent): val/knn_acc every epoch, test/knn_acc and probe/acc at the
+    # end; always on for a self-supervised objective; on a supervised run they measure the model's output
+    represent: bool = False
+    knn_k: Annotated[int, Range(ge=1)] = 20  # neighbours that vote
+    probe_epochs: Annotated[int, Range(ge=1)] = 100  # epochs of the linear probe on frozen features
+
+
+@dataclass
+class SSLConfig:
+    """The self-supervised objectives' settings (dlx.ssl); a supervised run ignores them."""
+
+    features: Annotated[int, Range(ge=1)] = 64  # the encoder's outputs: the model group's num_classes
+    proj_dim: Annotated[int, Range(ge=1)] = 64  # the projector's output, where the loss and ssl/output_std look
+    hidden: Annotated[int, Range(ge=1)] = 256  # the projector's hidden layers
+    pred_hidden: Annotated[int, Range(ge=1)] = 32  # SimSiam's predictor bottleneck (a quarter of proj_dim, as in the paper)
+    stop_grad: bool = True  # SimSiam's stop-gradient; for SimCLR, on the second view's projection
+    temperature: Annotated[float, Range(gt=0)] = 0.5  # SimCLR's NT-Xent temperature
+    # the two views (dlx.ssl.views), drawn on the device for each training batch
+    crop_scale: Annotated[float, Range(gt=0, le=1)] = 0.5  # smallest area share of the random resized crop
+    flip: Annotated[float, Range(ge=0, le=1)] = 0.0  # probability of a horizontal flip (digits are not symmetric)
+    jitter: Annotated[float, Range(ge=0, le=1)] = 0.4  # colour jitter strength, images with 3 channels only
+    cutout: Annotated[float, Range(ge=0, lt=1)] = 0.25  # side of the cutout square, as a share of the image's
+    noise_std: Annotated[float, Range(ge=0)] = 0.1  # Gaussian noise on the standardised pixels
+
+
 # ---------------------------------------------------------------- trainer
 @dataclass
 class CheckpointConfig:
@@ -210,6 +245,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     seed: int = 0

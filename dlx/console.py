@@ -65,7 +65,9 @@ class BarProgress(PlainProgress):
         self.progress.update(self.step_task, advance=1)
 
     def on_step_log(self, trainer, state, metrics):
-        info = f"loss {metrics['train/loss_step']:.4f} acc {metrics['train/acc_step']:.4f}"
+        info = f"loss {metrics['train/loss_step']:.4f}"
+        if "train/acc_step" in metrics:  # a self-supervised step counts no hits
+            info += f" acc {metrics['train/acc_step']:.4f}"
         self.progress.update(self.step_task, info=info)
 
     def on_epoch_end(self, trainer, state, metrics):

@@ -147,13 +147,15 @@ def amp_context(device: torch.device, amp: str):
 class Trainer:
     def __init__(self, *, model: nn.Module, optimizer, schedule, loss_fn: LossFn, eval_loss_fn: LossFn,
                  data, options: FitOptions, augment=None, early_stopping: EarlyStopping | None = None,
-                 forward: nn.Module | None = None, callbacks: list[Callback] = ()):
+                 forward: nn.Module | None = None, callbacks: list[Callback] = (), objective=None, represent=None):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.loss_fn, self.eval_loss_fn = loss_fn, eval_loss_fn
         self.data, self.opt, self.augment = data, options, augment
         self.early_stopping = early_stopping
         self.forward = forward if forward is not None else model  # the torch.compile'd module
         self.callbacks = list(callbacks)
+        # a self-supervised objective (dlx.ssl) computes the step's loss and the evaluation; None: labels and loss_fn
+        self.objective, self.represent = objective, represent
         self.device = data.train.device
         self.task: Task = getattr(data, "task", None) or LABELS
         self.teacher = takes_target(model)
@@ -201,6 +203,8 @@ class Trainer:
                 metrics = self.train_epoch(state)
                 if len(self.data.val):
                     metrics.update(_prefix("val", self.evaluate(self.data.val)))
+                if self.objective is not None:
+                    metrics.update(self.objective.epoch_metrics(self))
             state.epoch += 1
             if self.schedule.monitor is not None:
                 self.schedule.step_epoch(state.epoch, metrics.get(self.schedule.monitor))
@@ -237,6 +241,7 @@ class Trainer:
         win_loss, win_seen, win_start = zero(), 0, state.step
         window = []  # the steps since the last log: accuracy is counted per window
         by_window = self.task.target is Target.label
+        counts = self.objective is None  # a self-supervised step has no labels to count hits on
         bad = zero()
         amp = amp_context(self.device, opt.amp)
         for x, y in data.train.batches(self.batches, perm):
@@ -246,8 +251,11 @@ class Trainer:
             if opt.input_noise:
                 x = x + opt.input_noise * torch.randn_like(x)
             with amp:
-                logits = model(x, target=y) if self.teacher else model(x)
-                loss = self.loss_fn(logits, y)
+                if not counts:
+                    loss = self.objective.loss(model, x)
+                else:
+                    logits = model(x, target=y) if self.teacher else model(x)
+                    loss = self.loss_fn(logits, y)
                 if lam < 1.0:  # mixup/cutmix: the loss mixes exactly as the inputs did
                     loss = lam * loss + (1 - lam) * self.loss_fn(logits, y_b)
             if opt.l1:
@@ -264,7 +272,8 @@ class Trainer:
             self._step(loss, state.step)
             # class labels are counted per window (see _hits); other targets per step, keeping two numbers
             # rather than the step's (N, T, V) logits until the window ends
-            window.append((logits.detach(), y, y_b, lam) if by_window else self.task.hits(logits.detach(), y))
+            if counts:
+                window.append((logits.detach(), y, y_b, lam) if by_window else self.task.hits(logits.detach(), y))
             win_loss += loss_value * len(y)
             win_seen += len(y)
             state.step += 1
@@ -276,8 +285,9 @@ class Trainer:
                 win_mean = float(win_loss) / win_seen
                 self._check_divergence(win_mean, state.epoch + 1, win_start + 1, state.step)
                 win_correct, win_counted = _hits(window, on_host, self.task)
-                metrics = {"train/loss_step": win_mean,
-                           "train/acc_step": float(win_correct) / max(1, win_counted), "lr": self.schedule.lr}
+                metrics = {"train/loss_step": win_mean, "lr": self.schedule.lr}
+                if counts:
+                    metrics["train/acc_step"] = float(win_correct) / max(1, win_counted)
                 for cb in self.callbacks:
                     cb.on_step_log(self, state, metrics)
                 loss_sum, correct, seen = loss_sum + win_loss, correct + win_correct, seen + win_seen
@@ -290,8 +300,10 @@ class Trainer:
         win_correct, win_counted = _hits(window, on_host, self.task)
         loss_sum, correct, seen = loss_sum + win_loss, correct + win_correct, seen + win_seen
         counted += win_counted
-        return {"train/loss": float(loss_sum) / seen, "train/acc": float(correct) / max(1, counted),
-                "lr": self.schedule.lr}
+        out = {"train/loss": float(loss_sum) / seen, "lr": self.schedule.lr}
+        if counts:
+            out["train/acc"] = float(correct) / max(1, counted)
+        return out
 
     def _check_divergence(self, mean: float, epoch: int, first_step: int, last_step: int) -> None:
         """Raise Diverged when a window's mean loss passes divergence_factor x the run's first loss. Called
@@ -334,6 +346,8 @@ class Trainer:
         """Mean loss (without label smoothing), accuracy and the task's other metrics (dlx.tasks) over a split
         (or tensors x, y), in eval mode."""
         split = TensorSplit(split, y) if y is not None else split
+        if self.objective is not None:
+            return self.objective.evaluate(self, split)
         was_training = self.model.training
         self.model.eval()
         zero = lambda: torch.zeros((), device=self.device)  # noqa: E731
@@ -351,10 +365,13 @@ class Trainer:
                 counted += count
                 for k, v in self.task.sums(logits, yb).items():
                     sums[k] = sums.get(k, 0) + v
-        self.model.train(was_training)
         n = max(1, len(split))
-        return self.task.metrics(loss_sum.item() / max(1, weight.item()), correct.item() / max(1, counted.item()),
-                                 {k: float(v) for k, v in sums.items()}, n)
+        metrics = self.task.metrics(loss_sum.item() / max(1, weight.item()), correct.item() / max(1, counted.item()),
+                                    {k: float(v) for k, v in sums.items()}, n)
+        if self.represent is not None:  # the model's output as a representation (objective.represent)
+            metrics["knn_acc"] = self.represent.knn(self, split)
+        self.model.train(was_training)
+        return metrics
 
 
 @torch.no_grad()

@@ -42,7 +42,9 @@ def plot_learning_curves(history: list[dict], path: str | Path, title: str = "")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    axes[0].set_yscale("log")
+    losses = [h[k] for h in history for k in ("train/loss", "val/loss") if k in h]
+    if losses and min(losses) > 0:  # SimSiam's loss is a negative cosine similarity
+        axes[0].set_yscale("log")
     axes[2].plot(epochs, [h["lr"] for h in history], color="tab:green")
     axes[2].set_xlabel("epoch")
     axes[2].set_ylabel("learning rate (end of epoch)")

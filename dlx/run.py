@@ -290,6 +290,8 @@ def _finish(trainer, state, tracker, run_dir: Path, diagnostics=None) -> dict:
     restored = trainer.restore_best()
     test = trainer.evaluate(trainer.data.test)
     summary = {f"test/{k}": v for k, v in test.items()}  # loss, acc and the task's own (dlx.tasks)
+    if trainer.represent is not None:  # a linear probe on the frozen representation (dlx.ssl.represent)
+        summary.update(trainer.represent.probe(trainer))
     final.update({**summary, "epochs": state.epoch})
     if trainer.early_stopping is not None and trainer.early_stopping.best is not None:
         summary["best_epoch"] = trainer.early_stopping.best_epoch

@@ -1,0 +1,128 @@
+"""The training objective (`objective` config group) as the trainer sees it.
+
+`supervised` is the trainer's own loop on labels. A self-supervised method replaces what a training step computes
+(the method's loss on two views of the batch) and what evaluation measures: `loss` is the method's loss on views
+drawn from a fixed seed (the same every epoch), and `acc`, the headline accuracy that checkpoints, early stopping,
+sweeps and reports read, is the k-NN accuracy (also logged as `knn_acc`). Each epoch adds the collapse monitor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from dlx.data.batches import eval_bounds
+from dlx.ssl.represent import Representation, encode, output_std
+
+METHODS = ("simsiam", "simclr")  # the self-supervised options of the objective group
+EVAL_VIEWS_SEED = 0  # evaluation's views: fixed, so val/loss compares across epochs and runs
+# what a self-supervised run cannot combine with, and why (checked while the config is composed)
+_DIAGNOSTICS = {"layers": "a supervised loss", "sharpness": "a supervised loss", "sequence": "sequence models"}
+
+
+def config_problems(cfg: Mapping, declared=None) -> list[str]:
+    """What a self-supervised objective rules out, found before any data loads. declared: the (target, tokens)
+    a built-in dataset says it holds."""
+    name = str((cfg.get("objective") or {}).get("name", "supervised"))
+    if name not in METHODS:
+        return []
+    out = []
+    augmentation = cfg.get("augmentation") or {}
+    on = sorted(k for k, v in augmentation.items() if v and not isinstance(v, (str, type(None))))
+    if on:
+        out.append(f"augmentation ({', '.join(on)}): objective={name} makes its two views itself, set by ssl.* "
+                   "(crop_scale, flip, jitter, cutout, noise_std): allowed augmentation=none")
+    smoothing = (cfg.get("regularization") or {}).get("label_smoothing")
+    if smoothing:
+        out.append(f"regularization.label_smoothing={smoothing}: objective={name} trains without labels: allowed 0")
+    diagnostics = cfg.get("diagnostics") or {}
+    for key, needs in _DIAGNOSTICS.items():
+        if (diagnostics.get(key) or {}).get("enabled"):
+            out.append(f"diagnostics.{key}: needs {needs}, and objective={name} has none: allowed with "
+                       "objective=supervised; diagnostics=basic measures the gap of the k-NN accuracy")
+    if declared is not None:
+        target, tokens = declared
+        if tokens or str(getattr(target, "value", target)) != "label":
+            data = str((cfg.get("dataset") or {}).get("_target_", "")).rpartition(".")[2]
+            out.append(f"objective={name}: needs images with class labels (the labels only measure the "
+                       f"representation), and dataset {data} has {'token ids' if tokens else 'other targets'}: "
+                       "allowed objective=supervised, or dataset=digits, mnist, fashion_mnist, cifar10, image_folder")
+    return out
+
+
+class SelfSupervised:
+    def __init__(self, *, name: str, views, representation: Representation):
+        self.name, self.views, self.representation = name, views, representation
+
+    def loss(self, model, x: torch.Tensor) -> torch.Tensor:
+        return model.loss(*self.views(x))
+
+    @torch.no_grad()
+    def evaluate(self, trainer, split) -> dict[str, float]:
+        model, device = trainer.model, trainer.device
+        was = model.training
+        model.eval()
+        try:
+            total, n = 0.0, 0
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(EVAL_VIEWS_SEED)
+                # batches of the training size: SimCLR's loss grows with the negatives a batch holds
+                for x, _ in split.batches(eval_bounds(len(split), trainer.opt.batch_size)):
+                    total += model.loss(*self.views(x)).item() * len(x)
+                    n += len(x)
+            knn = self.representation.knn(trainer, split)
+        finally:
+            model.train(was)
+        return {"loss": total / max(1, n), "acc": knn, "knn_acc": knn}
+
+    @torch.no_grad()
+    def epoch_metrics(self, trainer) -> dict[str, float]:
+        """The collapse monitor on the validation split (the training split when there is none)."""
+        split = trainer.data.val if len(trainer.data.val) else trainer.data.train
+        model = trainer.model
+        was = model.training
+        model.eval()
+        try:
+            z, _ = encode(model.project, split, trainer.opt.eval_batch_size)
+        finally:
+            model.train(was)
+        std, ref = output_std(z)
+        return {"ssl/output_std": std, "ssl/output_std_ref": ref}
+
+
+def create_objective(cfg: dict, encoder: torch.nn.Module, data, *, seed: int):
+    """(model, objective, representation) for a resolved config: the model the trainer trains (the encoder itself,
+    or the method's module around it), the SelfSupervised objective or None for supervised training, and the
+    Representation that measures it, or None for a supervised run that does not ask for it."""
+    from dlx.ssl.methods import SimCLR, SimSiam
+    from dlx.ssl.views import TwoViews
+
+    obj = cfg.get("objective") or {}  # a checkpoint written before the group existed: supervised
+    name = str(obj.get("name", "supervised"))
+    representation = None
+    if name in METHODS or obj.get("represent"):
+        representation = Representation(k=obj["knn_k"], probe_epochs=obj["probe_epochs"],
+                                        num_classes=data.num_classes, seed=seed)
+    if name not in METHODS:
+        return encoder, None, representation
+    s = cfg["ssl"]
+    views = TwoViews(crop_scale=s["crop_scale"], flip=s["flip"], jitter=s["jitter"], cutout=s["cutout"],
+                     noise_std=s["noise_std"])
+    views.check_input(tuple(data.input_shape), name)
+    if data.task.target.value != "label":
+        raise ValueError(f"objective={name}: needs class labels to measure the representation, and dataset "
+                         f"{data.name} has {data.task.target.value} targets: allowed objective=supervised")
+    if name == "simsiam":
+        model = SimSiam(encoder, features=s["features"], proj_dim=s["proj_dim"], hidden=s["hidden"],
+                        pred_hidden=s["pred_hidden"], stop_grad=s["stop_grad"])
+    else:
+        model = SimCLR(encoder, features=s["features"], proj_dim=s["proj_dim"], hidden=s["hidden"],
+                       temperature=s["temperature"], stop_grad=s["stop_grad"])
+    return model, SelfSupervised(name=name, views=views, representation=representation), representation
+
+
+def outputs(cfg: dict, data) -> int:
+    """How many outputs the model group's model gets: the classes, or ssl.features for an encoder."""
+    name = str((cfg.get("objective") or {}).get("name", "supervised"))
+    return int(cfg["ssl"]["features"]) if name in METHODS else data.num_classes
