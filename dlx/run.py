@@ -253,7 +253,8 @@ def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint, com
     if run_id:
         params = {**flatten(cfg), **{f"{g}.name": n for g, n in names.items()}}
         params.update({"model.num_params": built.num_params, "data.n_train": len(built.data.train),
-                       "data.n_val": len(built.data.val), "data.n_test": len(built.data.test)})
+                       "data.n_val": len(built.data.val), "data.n_test": len(built.data.test),
+                       "data.num_classes": built.data.num_classes})  # a report's chance level: 1/num_classes
         tracker.log_params(params)
         config_path = run_dir / "config.yaml"
         config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(redact(cfg))))
