@@ -101,6 +101,9 @@ def create_objective(cfg: dict, encoder: torch.nn.Module, data, *, seed: int):
     obj = cfg.get("objective") or {}  # a checkpoint written before the group existed: supervised
     name = str(obj.get("name", "supervised"))
     representation = None
+    if name not in METHODS and obj.get("represent") and data.task.target.value != "label":
+        raise ValueError(f"objective.represent=true: measures a representation by its class labels, and dataset "
+                         f"{data.name} has {data.task.target.value} targets: allowed false")
     if name in METHODS or obj.get("represent"):
         representation = Representation(k=obj["knn_k"], probe_epochs=obj["probe_epochs"],
                                         num_classes=data.num_classes, seed=seed)
