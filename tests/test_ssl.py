@@ -84,7 +84,11 @@ def test_methods_wrap_an_encoder_and_train_every_part(method):
              else SimCLR(encoder, temperature=0.5, **common))
     x = torch.randn(12, 1, 8, 8)
     assert model(x).shape == (12, 16)  # calling it gives the representation
-    model.loss(x, x + 0.1 * torch.randn_like(x)).backward()
+    x2 = x + 0.1 * torch.randn_like(x)
+    model.eval()  # batch norm on its running statistics: the two calls below see the same function
+    assert torch.equal(model(x, x2), model.loss(x, x2))  # and on two views the loss, through forward (DDP, compile)
+    model.train()
+    model(x, x2).backward()
     assert all(p.grad is not None for p in model.parameters())
 
 

@@ -52,16 +52,17 @@ def _mlp(sizes: list[int], *, norm_last: bool) -> nn.Sequential:
 
 
 class _Method(nn.Module):
-    """An encoder with the heads of a method. Calling it gives the encoder's output (the representation), so
-    evaluation, checkpoints and diagnostics see one module; `blocks` and `head` are the encoder's, for the depth
-    diagnostics."""
+    """An encoder with the heads of a method. Calling it on a batch gives the encoder's output (the
+    representation), so evaluation, checkpoints and diagnostics see one module; calling it on two views gives the
+    method's loss, so a training step goes through `forward` and whatever wraps it (torch.compile,
+    DistributedDataParallel). `blocks` and `head` are the encoder's, for the depth diagnostics."""
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, x):
-        return self.encoder(x)
+    def forward(self, x, x2=None):
+        return self.encoder(x) if x2 is None else self.loss(x, x2)
 
     def __getattr__(self, name):
         if name in ("blocks", "head"):

@@ -56,7 +56,7 @@ class SelfSupervised:
         self.name, self.views, self.representation = name, views, representation
 
     def loss(self, model, x: torch.Tensor) -> torch.Tensor:
-        return model.loss(*self.views(x))
+        return model(*self.views(x))  # the method's loss, through forward (dlx.ssl.methods)
 
     @torch.no_grad()
     def evaluate(self, trainer, split) -> dict[str, float]:
@@ -69,7 +69,7 @@ class SelfSupervised:
                 torch.manual_seed(EVAL_VIEWS_SEED)
                 # batches of the training size: SimCLR's loss grows with the negatives a batch holds
                 for x, _ in split.batches(eval_bounds(len(split), trainer.opt.batch_size)):
-                    total += model.loss(*self.views(x)).item() * len(x)
+                    total += trainer.forward(*self.views(x)).item() * len(x)
                     n += len(x)
             knn = self.representation.knn(trainer, split)
         finally:
