@@ -5,6 +5,7 @@ known values (each part of the effect present and absent), and a tiny real run t
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import REPO, run_dlx, store_uri
@@ -143,4 +144,5 @@ def test_study_reports_the_collapse_monitor_over_epochs(workdir, capsys):
     assert "simsiam with stop-grad: ssl/output_std" in text and "chance 0.1000" in text
     assert "expected effect (output collapse" in text and "simclr" not in text  # no simclr runs: no simclr verdict
     onset = next(n for n in data["notes"] if n.startswith("collapse onset"))
-    assert "simsiam without stop-grad" in onset and "simsiam with stop-grad" in onset and "(1 runs)" not in onset
+    for arm_name in ("without", "with"):  # one seed each: its first epoch below 0.3x, or never
+        assert re.search(rf"simsiam {arm_name} stop-grad (never|[12]) \([01]/1 runs\)", onset), onset
