@@ -138,6 +138,10 @@ def build_report(client, target, by: list[str], metrics: list[tuple[str, str]]):
         if study.get("expected"):
             notes.append(f"expected: {study['expected']}")
         notes.append(get_finding(study.get("name"))(rows, names[0], directions[names[0]]))
+    if target.parent is not None:
+        from dlx.report.parent import parent_notes
+
+        notes += parent_notes(target.parent.metrics)
     if target.kind == "sweep":
         p = target.parent
         what = f"sweep parent run {p.run_id}" + (f" ({p.name})" if p.name else "")
