@@ -95,7 +95,8 @@ class Sweep:
         else:
             sampler = make_sampler(self.method, seed=self.s.seed, n_startup_trials=self.s.n_startup_trials,
                                    batch_size=self.batch_size)
-            prefix = OmegaConf.select(self.cfg, "study.name", default=None) or "sweep"
+            # a study's name, else the command's: sweep, cv or ensemble
+            prefix = OmegaConf.select(self.cfg, "study.name", default=None) or self._command()[1]
             self.study = create_study(self.storage, self.s.study_name, prefix, direction=self.direction,
                                       sampler=sampler, pruner=pruner)
             attrs = {"dlx.overrides": self.definition, "dlx.command": command_line(self._command()),
