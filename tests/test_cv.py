@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import QUICK, client_for, run_cli_batch, run_dlx
+from conftest import QUICK, client_for, run_cli_batch, run_dlx, store_uri
 
 from dlx.compose import compose
 from dlx.config import ConfigError
@@ -142,7 +142,7 @@ def test_bad_input_exits_2_before_any_run(workdir):
         assert "Traceback" not in err and not any(f.endswith("mlflow.db") for f in left), (args, left)
 
 
-def test_a_sweep_can_choose_on_the_k_fold_mean(workdir):
+def test_a_sweep_can_choose_on_the_k_fold_mean(workdir, capsys):
     proc = run_dlx(["sweep", *QUICK, *CHEAP, "model.width=8,32", "cv.folds=2",
                     "hydra.sweeper.objective=cv/val/acc_mean", "hydra.launcher.n_jobs=2"], workdir, check=True)
     client = client_for(workdir)
@@ -158,3 +158,7 @@ def test_a_sweep_can_choose_on_the_k_fold_mean(workdir):
         means[trial.data.params["model.width"]] = want
     best = max(means, key=means.get)
     assert f"best cv/val/acc_mean={means[best]:.4f}: trial" in proc.stdout and f"model.width={best}" in proc.stdout
+    from dlx.report.cli import report_main  # in this process: the sweep ran in its own
+
+    assert report_main([parent_of(proc), "--no-log", "--uri", store_uri(workdir), "--out", str(workdir / "rep")]) == 0
+    assert "best on cv/val/acc_mean (max)" in capsys.readouterr().out  # the trials' objective is the report's column

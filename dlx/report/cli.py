@@ -79,6 +79,9 @@ def choose_metrics(ns, target) -> list[tuple[str, str]]:
                               f"metrics: {', '.join(available) or 'none'}", 2)
         return chosen
     wanted = split_list([target.study["metrics"]]) if target.study.get("metrics") else list(DEFAULT_METRICS)
+    objective = target.parent.params.get("sweep.objective", "") if target.parent is not None else ""
+    if objective.startswith("cv/") and objective not in wanted:  # trials judged on the K-fold mean log it alone
+        wanted.insert(0, objective)
     chosen = [parse_metric(m, target) for m in wanted]
     present = [(m, d) for m, d in chosen if m in available]
     return present or chosen  # nothing logged yet (every trial failed): keep the empty columns
