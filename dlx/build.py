@@ -16,6 +16,7 @@ from dlx.components import call, factory, locate
 from dlx.config import ConfigError, TrainerConfig
 from dlx.data import DataSplits, create_augmentation, prepare
 from dlx.data.eda import config_problems as eda_problems
+from dlx.data.resample import Resample, member_seed
 from dlx.diagnostics.common import evaluated
 from dlx.engine import (
     Callback,
@@ -57,7 +58,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def build_data(cfg: dict, device: torch.device) -> DataSplits:
     make, split = factory("dataset", cfg["dataset"])
     source = call("dataset", cfg["dataset"]["_target_"], make)
-    return prepare(source, device=device, **split)
+    return prepare(source, device=device, resample=Resample.of(cfg), **split)
 
 
 def pairing_problems(cfg: dict, data: str, target: Target, tokens: bool) -> list[str]:
@@ -229,7 +230,7 @@ def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
     """Data, model, optimizer, schedule and trainer for a resolved config (enums as strings)."""
     t = cfg["trainer"]
     device = select_device(t["device"])
-    seed_everything(int(t["seed"]), bool(t["deterministic"]))
+    seed_everything(member_seed(t["seed"], (cfg.get("ensemble") or {}).get("member")), bool(t["deterministic"]))
     # before the data loads (EDA itself needs the data's vocabulary), with what a built-in dataset declares it holds
     dataset = cfg["dataset"]["_target_"]
     declared = getattr(locate(dataset, "dataset._target_"), "declared", None)

@@ -17,6 +17,10 @@ commands:
           (dlx train --help lists every config group and option; --cfg job prints the composed config)
   sweep   a grid, random or Bayesian search; trials nest under one parent MLflow run
           e.g. dlx sweep optimizer=sgd,adam seed=0,1,2   (dlx sweep --help for search options)
+  cv      k-fold cross-validation of one configuration; folds nest under one parent run that logs
+          cv/<metric>_mean and _ci95: dlx cv model=mlp cv.folds=5   (dlx cv --help)
+  ensemble  M members (bootstrap resamples) under one parent run evaluated as an averaged ensemble:
+          dlx ensemble ensemble.members=5   (dlx ensemble --help)
   study   run a ready-made study (dlx study lists them): dlx study optimizers
   report  a sweep's runs as a table of mean +- 95% CI over seeds, with plots: dlx report <parent run id>
   sample  text from a character language model run: dlx sample <run id> --prompt "..." --temperature 0.8
@@ -70,7 +74,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"dlx {__version__}")
         return 0
     command, args = argv[0], argv[1:]
-    commands = {"train": cmd_train, "sweep": cmd_sweep, "study": cmd_study, "report": cmd_report,
+    commands = {"train": cmd_train, "sweep": cmd_sweep, "cv": cmd_cv, "ensemble": cmd_ensemble, "study": cmd_study, "report": cmd_report,
                 "runs": cmd_runs, "ui": cmd_ui, "sync": cmd_sync, "sample": cmd_sample}
     if command not in commands:
         print(f"dlx: unknown command '{command}'; valid: {', '.join(commands)}\n\n{USAGE}", file=sys.stderr)
@@ -213,6 +217,18 @@ def cmd_sweep(args: list[str]) -> int:
     from dlx.sweep.cli import sweep_main
 
     return sweep_main(args)
+
+
+def cmd_cv(args: list[str]) -> int:
+    from dlx.sweep.organise import cv_main
+
+    return cv_main(args)
+
+
+def cmd_ensemble(args: list[str]) -> int:
+    from dlx.sweep.organise import ensemble_main
+
+    return ensemble_main(args)
 
 
 def cmd_study(args: list[str]) -> int:

@@ -203,6 +203,27 @@ class DiagnosticsConfig:
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
 
 
+# ---------------------------------------------------------------- cross-validation and ensembles
+@dataclass
+class CvConfig:
+    """`dlx cv` (dlx/cv.py): the samples outside the test split are dealt into `folds` stratified folds, one
+    dealing per repeat; a run with `fold` set validates on that fold and trains on the others."""
+
+    folds: Annotated[int, Range(ge=2)] = 5
+    repeats: Annotated[int, Range(ge=1)] = 1  # dealings of the folds, each seeded by its repeat
+    fold: Annotated[int | None, Range(ge=0)] = None  # set per child run by dlx cv; None: the usual val split
+    repeat: Annotated[int, Range(ge=0)] = 0
+
+
+@dataclass
+class EnsembleConfig:
+    """`dlx ensemble` (dlx/ensemble.py): `members` runs whose test-split probabilities are averaged."""
+
+    members: Annotated[int, Range(ge=1)] = 5
+    bootstrap: bool = True  # each member trains on a resample (with replacement) of the training split
+    member: Annotated[int | None, Range(ge=0)] = None  # set per child run by dlx ensemble; None: a plain run
+
+
 @dataclass
 class TrialConfig:
     """Set by the sweeper on each trial of a Bayesian search, so the trial can report its per-epoch
@@ -247,6 +268,8 @@ class Config:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
+    cv: CvConfig = field(default_factory=CvConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     seed: int = 0

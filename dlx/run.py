@@ -182,6 +182,10 @@ def _track(cfg, built, tracker, *, run_dir, overrides, choices, checkpoint, comm
         if hasattr(progress, "close"):
             progress.close()
         final = _finish(trainer, state, tracker, run_dir, diagnostics)
+        if cfg.get("ensemble", {}).get("member") is not None:  # what dlx ensemble averages (dlx.ensemble)
+            from dlx.ensemble import save_predictions
+
+            save_predictions(trainer, tracker, run_dir)
         status = "FINISHED"
         return final
     except Pruned as exc:
@@ -248,7 +252,7 @@ def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint, com
     names = component_names(cfg, choices)
     name = cfg["tracking"]["run_name"] or f"{names['model']}-{names['optimizer']}-{names['dataset']}-s{cfg['trainer']['seed']}"
     tags = {**runtime_tags(built.device, command), **git_info(), **{f"dlx.choice.{g}": c for g, c in choices.items()},
-            "dlx.overrides": " ".join(overrides), **cfg["tracking"]["tags"]}  # secrets are masked by the tracker
+            "dlx.overrides": " ".join(overrides), **resample_tags(cfg), **cfg["tracking"]["tags"]}  # secrets masked
     run_id = tracker.start(run_name=name, tags=tags, parent_run_id=cfg["tracking"].get("parent_run_id"))
     if run_id:
         params = {**flatten(cfg), **{f"{g}.name": n for g, n in names.items()}}
@@ -266,6 +270,16 @@ def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint, com
              f" ({run_id})" if run_id else "", f"{built.num_params:,}", len(built.data.train),
              len(built.data.val), len(built.data.test), built.device)
     return run_id
+
+
+def resample_tags(cfg: dict) -> dict[str, str]:
+    """cv.fold and cv.repeat of a cross-validation fold, ensemble.member of an ensemble member: how dlx cv and
+    dlx ensemble find their runs again."""
+    cv, ens = cfg.get("cv") or {}, cfg.get("ensemble") or {}
+    tags = {"cv.fold": str(cv["fold"]), "cv.repeat": str(cv.get("repeat", 0))} if cv.get("fold") is not None else {}
+    if ens.get("member") is not None:
+        tags["ensemble.member"] = str(ens["member"])
+    return tags
 
 
 def data_record(data) -> dict:

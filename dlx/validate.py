@@ -85,6 +85,9 @@ def validate(cfg: DictConfig) -> None:
         problems.append("regularization.early_stopping needs a validation split: dataset.val_fraction must be > 0")
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     problems += _annotated_problems(Config, plain)
+    from dlx.data.resample import problems as resample_problems  # a fold and a repeat within what is dealt
+
+    problems += resample_problems(plain)
     found = component_problems(plain)
     problems += found
     if not found and isinstance(plain.get("loss"), dict):

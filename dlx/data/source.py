@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from dlx.data.batches import ArrayDataset, Joined, Pool, StreamSplit, eval_bounds
+from dlx.data.resample import Resample
 from dlx.data.splits import DatasetError, DataSplits, build_splits, check_labels, plan_splits
 from dlx.options import Range, problems, spec
 from dlx.tasks import Target, Task
@@ -131,8 +132,10 @@ def as_source(value: Any) -> Source:
                        "with train, num_classes and optionally test, val, name, scale, classes")
 
 
-def prepare(source: Source | Mapping, *, device: str | torch.device = "cpu", **options) -> DataSplits:
-    """The train/val/test splits of source on device, held as tensors or streamed (see split_options)."""
+def prepare(source: Source | Mapping, *, device: str | torch.device = "cpu", resample: Resample | None = None,
+            **options) -> DataSplits:
+    """The train/val/test splits of source on device, held as tensors or streamed (see split_options); `resample`:
+    a cross-validation fold or a bootstrap member (dlx.data.resample)."""
     opts = split_options(**options)
     src = as_source(source)
     device = torch.device(device)
@@ -161,11 +164,11 @@ def prepare(source: Source | Mapping, *, device: str | torch.device = "cpu", **o
                             y_test=y_test, x_val=x_val, y_val=y_val, num_classes=num_classes,
                             val_fraction=opts["val_fraction"], split_seed=opts["split_seed"],
                             train_subset=opts["train_subset"], normalize=opts["normalize"],
-                            scale=src.scale, task=task).to(device)
-    return _streamed(name, parts, num_classes, src.scale, opts, device)
+                            scale=src.scale, task=task, resample=resample).to(device)
+    return _streamed(name, parts, num_classes, src.scale, opts, device, resample)
 
 
-def _streamed(name, parts, num_classes, scale, opts, device) -> DataSplits:
+def _streamed(name, parts, num_classes, scale, opts, device, resample=None) -> DataSplits:
     datasets = {s: p if isinstance(p, Dataset) else ArrayDataset(*p) for s, p in parts.items() if p is not None}
     order = list(datasets)
     joined = Joined([datasets[s] for s in order])
@@ -184,7 +187,7 @@ def _streamed(name, parts, num_classes, scale, opts, device) -> DataSplits:
             check_labels(name, split, labels, num_classes)
     plan = plan_splits(y_train, carve_test="test" not in datasets, carve_val="val" not in datasets,
                        val_fraction=opts["val_fraction"], split_seed=opts["split_seed"],
-                       train_subset=opts["train_subset"], name=name)
+                       train_subset=opts["train_subset"], name=name, resample=resample)
     indices = {s: (start["train"] + plan[s] if plan[s] is not None
                    else start[s] + np.arange(len(datasets[s]))) for s in ("train", "val", "test")}
     splits = {s: StreamSplit(pool, indices[s], device=device, scale=scale) for s in indices}

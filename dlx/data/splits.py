@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from dlx.data.batches import Split, TensorSplit
+from dlx.data.resample import Resample, bootstrap, fold_split
 from dlx.tasks import IGNORE, LABELS, Target, Task
 
 # The test split of datasets without an official one is drawn with this seed and nothing else, so no
@@ -106,13 +107,15 @@ def normalise_(x_train: torch.Tensor, *others: torch.Tensor) -> None:
 
 
 def plan_splits(y_train: np.ndarray, *, carve_test: bool, carve_val: bool, val_fraction: float,
-                split_seed: int, train_subset: int | None, name: str) -> dict[str, np.ndarray | None]:
+                split_seed: int, train_subset: int | None, name: str,
+                resample: Resample | None = None) -> dict[str, np.ndarray | None]:
     """Indices into the source's training part for each split: "test" (None unless carve_test), "val" (None
     unless carve_val) and "train".
 
     Without an official test split a fixed stratified 20% becomes the test split. Val is then carved from the
     remaining train part with split_seed, and train_subset shrinks what is left, so the same split_seed gives
-    the same val set whatever train_subset is.
+    the same val set whatever train_subset is. A cross-validation fold (resample.fold) replaces the val carve:
+    that fold of the non-test samples validates; a bootstrap member resamples what trains (dlx.data.resample).
     """
     y_train = np.asarray(y_train, dtype=np.int64)
     rest = np.arange(len(y_train))
@@ -121,7 +124,14 @@ def plan_splits(y_train: np.ndarray, *, carve_test: bool, carve_val: bool, val_f
         n_test = int(round(TEST_FRACTION * len(y_train)))
         test_idx, rest = stratified_split(y_train, n_take=n_test, seed=TEST_SPLIT_SEED)
     val_idx = None
-    if carve_val:
+    if resample is not None and resample.fold is not None:
+        if not carve_val:
+            raise DatasetError(f"cv.fold: '{name}' comes with its own validation split, which cross-validation "
+                               f"would leave out; give its samples in train")
+        taken, kept = fold_split(y_train[rest], fold=resample.fold, folds=resample.folds, repeat=resample.repeat,
+                                 split_seed=split_seed, name=name)
+        val_idx, rest = rest[taken], rest[kept]
+    elif carve_val:
         # Two independent streams derived from split_seed: changing one step never shifts the other.
         n_val = int(round(val_fraction * len(rest)))
         taken, kept = stratified_split(y_train[rest], n_take=n_val, seed=(split_seed, 0))
@@ -134,6 +144,8 @@ def plan_splits(y_train: np.ndarray, *, carve_test: bool, carve_val: bool, val_f
             )
         keep, _ = stratified_split(y_train[rest], n_take=int(train_subset), seed=(split_seed, 1))
         rest = rest[keep]
+    if resample is not None and resample.bootstrap:
+        rest = bootstrap(rest, member=resample.member, split_seed=split_seed, seed=resample.seed)
     return {"test": test_idx, "val": val_idx, "train": rest}
 
 
@@ -160,6 +172,7 @@ def build_splits(
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
     task: Task = LABELS,
+    resample: Resample | None = None,
 ) -> DataSplits:
     """Turn raw arrays shaped (N, *sample shape) into in-memory DataSplits; x values are multiplied by scale.
 
@@ -169,6 +182,10 @@ def build_splits(
     targets, at random for the others. Token inputs (task.vocab) stay int64 ids, never scaled or normalised.
     """
     y_dtype = np.float32 if task.target is Target.value else np.int64
+    if resample is not None and resample.fold is not None and x_val is not None:
+        # cross-validation deals every non-test sample into folds, a given val split's too
+        x_train, y_train = np.concatenate([x_train, x_val]), np.concatenate([np.asarray(y_train), np.asarray(y_val)])
+        x_val = y_val = None
     y_train = np.asarray(y_train, dtype=y_dtype)
     if task.target is not Target.value:
         for split, labels in {"train": y_train, "test": y_test, "val": y_val}.items():
@@ -177,7 +194,7 @@ def build_splits(
     # one stratum for targets that are not class labels: the stratified carve is then a seeded random one
     strata = y_train if task.target is Target.label else np.zeros(len(y_train), dtype=np.int64)
     plan = plan_splits(strata, carve_test=x_test is None, carve_val=x_val is None, val_fraction=val_fraction,
-                       split_seed=split_seed, train_subset=train_subset, name=name)
+                       split_seed=split_seed, train_subset=train_subset, name=name, resample=resample)
     parts = {}
     for split, x, y in (("test", x_test, y_test), ("val", x_val, y_val)):
         idx = plan[split]

@@ -79,6 +79,9 @@ def choose_metrics(ns, target) -> list[tuple[str, str]]:
                               f"metrics: {', '.join(available) or 'none'}", 2)
         return chosen
     wanted = split_list([target.study["metrics"]]) if target.study.get("metrics") else list(DEFAULT_METRICS)
+    objective = target.parent.params.get("sweep.objective", "") if target.parent is not None else ""
+    if objective.startswith("cv/") and objective not in wanted:  # trials judged on the K-fold mean log it alone
+        wanted.insert(0, objective)
     chosen = [parse_metric(m, target) for m in wanted]
     present = [(m, d) for m, d in chosen if m in available]
     return present or chosen  # nothing logged yet (every trial failed): keep the empty columns
@@ -138,6 +141,10 @@ def build_report(client, target, by: list[str], metrics: list[tuple[str, str]]):
         if study.get("expected"):
             notes.append(f"expected: {study['expected']}")
         notes.append(get_finding(study.get("name"))(rows, names[0], directions[names[0]]))
+    if target.parent is not None:
+        from dlx.report.parent import parent_notes
+
+        notes += parent_notes(target.parent.metrics)
     if target.kind == "sweep":
         p = target.parent
         what = f"sweep parent run {p.run_id}" + (f" ({p.name})" if p.name else "")

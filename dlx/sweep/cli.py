@@ -27,7 +27,8 @@ sweeping, in Hydra's override grammar:
 hydra.sweeper settings:
   method=grid|random|tpe       default: grid, or tpe when an interval() is swept
   n_trials=N                   random/tpe: trials to run (default 20); grid: at most N combinations
-  objective=val/acc|val/loss   the last epoch's validation metric (test/* is refused)
+  objective=val/acc|val/loss   the last epoch's validation metric (test/* is refused); cv/val/acc_mean or
+                               cv/val/loss_mean: each trial runs cv.folds folds, judged on their mean (dlx cv --help)
   direction=auto|maximize|minimize
   pruner=none|median|hyperband stop trials whose per-epoch objective falls behind
   n_startup_trials=5 warmup_epochs=1 seed=0
@@ -127,7 +128,8 @@ def _start_workers_early(overrides: list[str]) -> None:
         prespawn(n, threads)
 
 
-def run_hydra(argv: list[str], shown: list[str]) -> int:
+def run_hydra(argv: list[str], shown: list[str], task=None) -> int:
+    """Hydra's multirun with the dlx sweeper; `task` (a SweepTask) defaults to dlx sweep's own."""
     import hydra
 
     from dlx.compose import config_dir
@@ -135,7 +137,7 @@ def run_hydra(argv: list[str], shown: list[str]) -> int:
     from dlx.sweep.task import SweepTask
 
     register_configs()
-    task = SweepTask(["dlx", "sweep", *shown])
+    task = task or SweepTask(["dlx", "sweep", *shown])
     main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(task)
     saved, sys.argv = sys.argv, ["dlx-sweep", "--multirun", *argv]
     try:

@@ -11,7 +11,9 @@ from dlx.sweep.pruners import PRUNERS
 
 METHODS = ("auto", "grid", "random", "tpe")
 DIRECTIONS = ("auto", "maximize", "minimize")
-OBJECTIVES = ("val/acc", "val/loss")  # per-epoch validation metrics: what a trial reports and is pruned on
+OBJECTIVES = ("val/acc", "val/loss",  # per-epoch validation metrics: what a trial reports and is pruned on
+              # the mean over cv.folds fold runs of each trial (dlx.cv.cv_trial): the test split stays unseen
+              "cv/val/acc_mean", "cv/val/loss_mean")
 DEFAULT_N_TRIALS = 20  # random and tpe without hydra.sweeper.n_trials
 
 
@@ -54,7 +56,7 @@ class SweepSettings:
         out = []
         if self.method not in METHODS:
             out.append(f"hydra.sweeper.method={self.method}: valid: {', '.join(METHODS)}")
-        if self.objective.startswith("test/"):
+        if self.objective.startswith(("test/", "cv/test/")):
             out.append(f"hydra.sweeper.objective={self.objective}: a sweep must not choose on the test split "
                        f"(the test metrics would no longer estimate unseen data); use a validation metric: "
                        f"{', '.join(OBJECTIVES)}")
@@ -62,7 +64,10 @@ class SweepSettings:
             out.append(f"hydra.sweeper.objective={self.objective}: valid: {', '.join(OBJECTIVES)}")
         if self.direction not in DIRECTIONS:
             out.append(f"hydra.sweeper.direction={self.direction}: valid: {', '.join(DIRECTIONS)}")
-        if self.pruner not in PRUNERS:
+        if self.objective.startswith("cv/") and self.pruner != "none":
+            out.append(f"hydra.sweeper.pruner={self.pruner}: a K-fold objective ({self.objective}) is known only "
+                       f"after every fold has run, so nothing prunes it: allowed hydra.sweeper.pruner=none")
+        elif self.pruner not in PRUNERS:
             out.append(f"hydra.sweeper.pruner={self.pruner}: valid: {', '.join(PRUNERS)}")
         for key in ("n_trials", "batch_size"):
             value = getattr(self, key)

@@ -51,6 +51,8 @@ class Sweep:
     def __init__(self, sweeper, arguments: list[str]):
         self.s, self.cfg, self.launcher = sweeper.settings, sweeper.config, sweeper.launcher
         self.command = getattr(sweeper.task_function, "command", None)  # the user's words, from dlx sweep
+        # dlx cv and dlx ensemble: the parent's own metrics from its children (dlx.cv, dlx.ensemble)
+        self.aggregate = getattr(sweeper.task_function, "aggregate", None)
         params = [f"{k}={v}" for k, v in (self.s.params or {}).items()]
         self.space = parse_space(params + arguments, sweeper.hydra_context.config_loader)
         self.axes = [a.key for a in self.space.axes]
@@ -87,10 +89,14 @@ class Sweep:
             self.study.sampler = make_sampler(self.method, seed=seed, n_startup_trials=self.s.n_startup_trials,
                                               batch_size=self.batch_size)
             self.sweep_dir = Path(self.study.user_attrs.get("dlx.sweep_dir", self.sweep_dir))
+            # what it runs now: the same, or more members of an ensemble (dlx.sweep.organise)
+            self.study.set_user_attr("dlx.overrides", self.definition)
+            self.study.set_user_attr("dlx.total", self.total)
         else:
             sampler = make_sampler(self.method, seed=self.s.seed, n_startup_trials=self.s.n_startup_trials,
                                    batch_size=self.batch_size)
-            prefix = OmegaConf.select(self.cfg, "study.name", default=None) or "sweep"
+            # a study's name, else the command's: sweep, cv or ensemble
+            prefix = OmegaConf.select(self.cfg, "study.name", default=None) or self._command()[1]
             self.study = create_study(self.storage, self.s.study_name, prefix, direction=self.direction,
                                       sampler=sampler, pruner=pruner)
             attrs = {"dlx.overrides": self.definition, "dlx.command": command_line(self._command()),
@@ -278,6 +284,8 @@ class Sweep:
         out = [f"++tracking.tags.{TRIAL_TAG}={number}", f"++tracking.tags.sweep={quote(self.study.study_name)}"]
         if self.parent is not None:
             out.append(f"tracking.parent_run_id={self.parent.run_id}")
+        if self.objective.startswith("cv/"):  # the trial runs its folds itself (dlx.cv.cv_trial)
+            out.append(f"trial.objective={self.objective}")
         if self.s.pruner != "none":
             out += [f"trial.study={quote(self.study.study_name)}", f"trial.storage={quote(self.storage)}",
                     f"trial.number={number}", f"trial.objective={self.objective}",
@@ -347,8 +355,10 @@ class Sweep:
         from dlx.sweep.tracking import write_summary
 
         if self.parent is not None:
+            extra, files = self.aggregate(self.parent, runs) if callable(self.aggregate) else ({}, [])
             self.parent.finish(rows=rows, columns=columns, counts={**counts, "trials": len(rows)}, best=best,
-                               objective=self.objective, status=status, sweep_dir=self.sweep_dir)
+                               objective=self.objective, status=status, sweep_dir=self.sweep_dir, extra=extra,
+                               files=files)
         else:
             write_summary(rows, columns, self.sweep_dir)
         code = interrupted or (1 if counts["failed"] else 0)

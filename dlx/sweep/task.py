@@ -18,9 +18,11 @@ class SweepTask:
     user's command line, tagged on every trial's run (the object travels to the pool's workers with it),
     and the sweep's outcome, which the sweeper fills in because Hydra drops the return value of sweep()."""
 
-    def __init__(self, command: list[str]):
+    def __init__(self, command: list[str], aggregate=None):
         self.command = list(command)
         self.outcome: dict = {}  # code, counts, left, study, parent_run_id, sweep_dir, best
+        # (parent, children) -> (metrics, files) the parent logs at the end: dlx cv's and dlx ensemble's
+        self.aggregate = aggregate
 
     def __call__(self, cfg: DictConfig) -> dict:
         return run_trial(cfg, command=self.command)
@@ -41,6 +43,11 @@ def run_trial(cfg: DictConfig, command: list[str] | None = None) -> dict:
     shown = io.StringIO()
     try:
         with contextlib.redirect_stdout(shown) if quiet else contextlib.nullcontext():
+            if str(cfg.trial.objective).startswith("cv/") and cfg.cv.fold is None:
+                # a sweep that chooses on the K-fold mean: this trial runs the folds
+                from dlx.cv import cv_trial
+
+                return cv_trial(cfg, command=command)
             return train(cfg, command=command)
     except Pruned as exc:
         log.info("trial pruned: %s", exc)

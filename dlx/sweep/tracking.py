@@ -129,8 +129,10 @@ class ParentRun:
         self.client.set_terminated(run.info.run_id, status=status)
 
     def finish(self, *, rows: list[dict], columns: list[str], counts: dict[str, int], best: dict | None,
-               objective: str, status: str, sweep_dir: Path) -> None:
+               objective: str, status: str, sweep_dir: Path, extra: dict[str, float] | None = None,
+               files: list[Path] = ()) -> None:
         metrics = {f"sweep/{k}": float(v) for k, v in counts.items()}
+        metrics.update(extra or {})  # dlx cv's and dlx ensemble's summaries of the children
         if best is not None:
             metrics[f"best/{objective}"] = float(best["value"])
             for key in ("test/acc", "test/loss"):
@@ -142,6 +144,8 @@ class ParentRun:
         self.tracker.log_metrics(metrics, step=0)
         for path in write_summary(rows, columns, sweep_dir):
             self.tracker.log_artifact(path, "sweep")
+        for path in files:
+            self.tracker.log_artifact(path, path.parent.name)
         multirun = sweep_dir / "multirun.yaml"
         if multirun.is_file():
             self.tracker.log_artifact(multirun, "sweep")

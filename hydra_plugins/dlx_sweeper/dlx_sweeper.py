@@ -21,7 +21,8 @@ class DlxSweeperConf:
     method: str = "auto"
     # random/tpe: trials to run (default 20); grid: at most this many of the combinations
     n_trials: int | None = None
-    # a validation metric of the trials' last epoch; test/* would leak the test split into the choice
+    # a validation metric of the trials' last epoch; test/* would leak the test split into the choice;
+    # cv/val/acc_mean or cv/val/loss_mean: each trial runs cv.folds folds and is judged on their mean
     objective: str = "val/acc"
     direction: str = "auto"  # auto: maximize accuracies, minimize losses
     pruner: str = "none"  # none, median, hyperband: stop unpromising trials from their per-epoch objective
