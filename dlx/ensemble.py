@@ -23,15 +23,15 @@ MEMBER_TAG = "ensemble.member"
 # ---------------------------------------------------------------------------------------------- a member
 def test_probabilities(trainer) -> tuple[np.ndarray, np.ndarray] | None:
     """(probabilities (N, C) float32, labels (N,)) of the trained model on the test split; None for targets
-    other than class labels, which have no class probabilities to average."""
+    other than class labels and for self-supervised objectives, which have no class probabilities to average."""
     import torch
 
     from dlx.data.batches import eval_bounds
     from dlx.engine import amp_context
     from dlx.tasks import Target
 
-    if trainer.task.target is not Target.label:
-        return None
+    if trainer.task.target is not Target.label or trainer.objective is not None:
+        return None  # a self-supervised member's output is a representation, not class scores
     was_training = trainer.model.training
     trainer.model.eval()
     probs, labels = [], []
