@@ -267,8 +267,9 @@ def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
         epochs=t["epochs"], batch_size=t["batch_size"], eval_batch_size=t["eval_batch_size"],
         log_every_n_steps=t["log_every_n_steps"], l1=r["l1"], l2=r["l2"], input_noise=r["input_noise"],
         clip_type=r["grad_clip"]["type"], clip_threshold=r["grad_clip"]["threshold"], amp=t["amp"],
-        # a checkpoint written before the key existed resumes with the schema's default
-        divergence_factor=t.get("divergence_factor", TrainerConfig.divergence_factor),
+        # a checkpoint written before the key existed resumes with the schema's default; a self-supervised loss is
+        # bounded (SimSiam's in [-1, 1], from a first step near 0 of either sign) and has no divergence to guard
+        divergence_factor=None if objective is not None else t.get("divergence_factor", TrainerConfig.divergence_factor),
     )
     trainer = Trainer(
         model=model, optimizer=optimizer, schedule=schedule, data=data, options=options, augment=augment,

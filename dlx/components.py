@@ -239,6 +239,10 @@ def problems(cfg: Mapping) -> list[str]:
             found += _object(rules)(target, {**options, **extras})
         out += found
     declared = getattr(_located(cfg, "dataset"), "declared", None)  # what a built-in dataset's Source holds
+    if not out:  # what the objective rules out first: a self-supervised run's model serves no loss (dlx.ssl.objective)
+        from dlx.ssl.objective import config_problems as objective_problems
+
+        out += objective_problems(cfg, declared)
     if declared is not None and not out and all(_located(cfg, g) for g in ("model", "loss")):
         from dlx.build import pairing_problems
 
@@ -248,10 +252,6 @@ def problems(cfg: Mapping) -> list[str]:
 
         name = str(cfg["dataset"].get("_target_", "")).rpartition(".")[2]
         out += config_problems(cfg["augmentation"], dataset=name, declared=declared)
-    if not out:  # what a self-supervised objective rules out (dlx.ssl.objective)
-        from dlx.ssl.objective import config_problems as objective_problems
-
-        out += objective_problems(cfg, declared)
     return out
 
 

@@ -110,8 +110,10 @@ class SSLConfig:
     features: Annotated[int, Range(ge=1)] = 64  # the encoder's outputs: the model group's num_classes
     proj_dim: Annotated[int, Range(ge=1)] = 64  # the projector's output, where the loss and ssl/output_std look
     hidden: Annotated[int, Range(ge=1)] = 256  # the projector's hidden layers
-    pred_hidden: Annotated[int, Range(ge=1)] = 32  # SimSiam's predictor bottleneck (a quarter of proj_dim, as in the paper)
-    stop_grad: bool = True  # SimSiam's stop-gradient; for SimCLR, on the second view's projection
+    pred_hidden: Annotated[int, Range(ge=1)] = 32  # SimSiam's predictor bottleneck (the paper's is a quarter of its 2048)
+    # the stop-gradient on the projections (SimSiam's; for SimCLR on the second view's); null: the method's own
+    # (dlx.ssl.methods: SimSiam on, SimCLR off)
+    stop_grad: bool | None = None
     temperature: Annotated[float, Range(gt=0)] = 0.5  # SimCLR's NT-Xent temperature
     # the two views (dlx.ssl.views), drawn on the device for each training batch
     crop_scale: Annotated[float, Range(gt=0, le=1)] = 0.5  # smallest area share of the random resized crop

@@ -30,8 +30,9 @@ PAD = 0  # the padding id of token inputs
 
 
 # words of metric names that are better when larger; everything else (loss, mse, perplexity, bpc, error, time,
-# sharpness) is better when smaller, and so is a gap (gap/acc: train minus test accuracy)
-MAXIMISED = ("acc", "solved", "f1", "auc", "precision", "recall", "score", "samples_per_sec")
+# sharpness) is better when smaller, and so is a gap (gap/acc: train minus test accuracy). ssl/output_std is the
+# spread of a self-supervised model's outputs: larger is further from collapse
+MAXIMISED = ("acc", "solved", "f1", "auc", "precision", "recall", "score", "samples_per_sec", "output_std")
 
 
 def maximised(metric: str) -> bool:

@@ -56,7 +56,6 @@ _RULES: dict[str, tuple[Any, str]] = {
     "diagnostics.sharpness.eps_steps": (lambda v: v >= 0, ">= 0"),
 }
 
-METRIC_NAMES = ("val/loss", "val/acc", "train/loss", "train/acc")
 _METRIC_KEYS = ("scheduler.monitor", "regularization.early_stopping.monitor", "trainer.checkpoint.monitor",
                 "diagnostics.target_metric")
 
@@ -77,10 +76,13 @@ def validate(cfg: DictConfig) -> None:
             reported[key] = value
             what = "is not valid" if isinstance(value, str) else "is out of range"
             problems.append(f"{key}={_show(value)} {what}: allowed {allowed}")
+    from dlx.ssl.objective import epoch_metrics  # what a run logs per epoch follows its objective
+
+    logged = epoch_metrics(OmegaConf.to_container(cfg.objective, enum_to_str=True) if "objective" in cfg else {})
     for key in _METRIC_KEYS:
         value = OmegaConf.select(cfg, key)
-        if value is not None and value not in METRIC_NAMES:
-            problems.append(f"{key}={value} is not a metric dlx logs per epoch: allowed {', '.join(METRIC_NAMES)}")
+        if value is not None and value not in logged:
+            problems.append(f"{key}={value} is not a metric dlx logs per epoch: allowed {', '.join(logged)}")
     if cfg.regularization.early_stopping.enabled and OmegaConf.select(cfg, "dataset.val_fraction") == 0:
         problems.append("regularization.early_stopping needs a validation split: dataset.val_fraction must be > 0")
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

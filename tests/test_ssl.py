@@ -73,6 +73,11 @@ def test_nt_xent_matches_its_definition():
     assert nt_xent(z1, z2, temperature=t).item() == pytest.approx(expected.item() / 10, rel=1e-5)
     # pairs that are each other's nearest views give a loss below that of random pairs
     assert nt_xent(z1, z1 + 0.01 * z2, temperature=t) < nt_xent(z1, z2, temperature=t)
+    # under bf16 autocast the logits stay in full precision (at temperature 0.1 bf16 logits are off by ~0.04)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = nt_xent(z1, z2, temperature=0.1)
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(nt_xent(z1, z2, temperature=0.1).item(), abs=1e-5)
 
 
 @pytest.mark.parametrize("method", ["simsiam", "simclr"])
@@ -157,21 +162,63 @@ def test_dlx_train_runs_each_objective_and_logs_the_representation_metrics(tmp_p
         assert run.data.params["objective.name"] in ("simsiam", "simclr")
 
 
-def test_a_self_supervised_run_resumes_from_its_checkpoint(workdir):
-    run_dlx(["train", "objective=simsiam", *SSL_QUICK], workdir, check=True)
-    client, run = _metrics(workdir)
-    proc = run_dlx(["train", "objective=simsiam", *SSL_QUICK, f"trainer.resume={run.info.run_id}",
-                    "trainer.epochs=3"], workdir)
+def test_a_resumed_self_supervised_run_ends_as_an_uninterrupted_one(tmp_path):
+    """Views, evaluation views (a forked RNG) and the probe leave the training stream as it was: 2 epochs and a
+    resume to 3 log what 3 epochs in one go log (a constant rate, so the schedule does not depend on the end)."""
+    args = ["train", "objective=simsiam", *SSL_QUICK, "scheduler=constant"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    whole.mkdir()
+    part.mkdir()
+    run_dlx([*args, "trainer.epochs=3"], whole, check=True)
+    run_dlx(args, part, check=True)
+    client, run = _metrics(part)
+    proc = run_dlx([*args, f"trainer.resume={run.info.run_id}", "trainer.epochs=3"], part)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = client.get_run(run.info.run_id)
-    assert run.info.status == "FINISHED"
+    resumed = client.get_run(run.info.run_id)
+    assert resumed.info.status == "FINISHED"
     assert [p.step for p in client.get_metric_history(run.info.run_id, "ssl/output_std")] == [1, 2, 3]
+    _, straight = _metrics(whole)
+    for key in ("train/loss", "val/loss", "val/knn_acc", "ssl/output_std", "test/knn_acc", "probe/acc"):
+        assert resumed.data.metrics[key] == pytest.approx(straight.data.metrics[key], abs=1e-6), key
+
+
+@pytest.mark.parametrize(("objective", "stop_grad"), [("simsiam", True), ("simclr", False)])
+def test_each_method_has_its_own_stop_gradient_unless_set_and_no_divergence_guard(objective, stop_grad):
+    from omegaconf import OmegaConf
+
+    from dlx.build import build
+    from dlx.components import fill_extras
+    from dlx.compose import compose
+
+    for given in (None, not stop_grad):
+        extra = [] if given is None else [f"ssl.stop_grad={str(given).lower()}"]
+        cfg = OmegaConf.to_container(compose([f"objective={objective}", "model=cnn", "model.width=8",
+                                              "dataset.train_subset=64", *extra]), resolve=True, enum_to_str=True)
+        fill_extras(cfg)
+        built = build(cfg)
+        assert built.trainer.model.stop_grad is (stop_grad if given is None else given)
+        # a bounded loss that starts near 0 of either sign: nothing to compare a divergence with
+        assert built.trainer.opt.divergence_factor is None
+
+
+def test_the_collapse_monitor_is_maximised():
+    from dlx.tasks import metric_mode
+
+    assert metric_mode("ssl/output_std") == "max" and metric_mode("val/knn_acc") == "max"
 
 
 BAD = [
     (["objective=simsiam", "augmentation=mixup"], "augmentation (mixup_alpha): objective=simsiam makes its two views"),
     (["objective=simclr", "diagnostics=sharpness"], "diagnostics.sharpness: needs a supervised loss"),
     (["objective=simsiam", "regularization=label_smoothing"], "regularization.label_smoothing=0.1: objective=simsiam"),
+    (["objective=simsiam", "regularization=early_stopping"], "regularization.early_stopping.monitor=val/loss: a self-"),
+    (["objective=simclr", "regularization=early_stopping", "regularization.early_stopping.monitor=train/acc"],
+     "regularization.early_stopping.monitor=train/acc is not a metric dlx logs per epoch: allowed val/loss, val/acc, "
+     "val/knn_acc, train/loss, ssl/output_std"),
+    (["trainer.checkpoint.monitor=val/knn_acc"], "trainer.checkpoint.monitor=val/knn_acc is not a metric dlx logs"),
+    (["objective.represent=true", "dataset=adding", "model=lstm", "loss=mse"],
+     "objective.represent=true: measures a representation by its class labels, and dataset adding has value"),
+    (["objective=simsiam", "dataset=adding", "model=rnn"], "objective=simsiam: needs images with class labels"),
     (["objective=simclr", "dataset=copy", "model=transformer"], "objective=simclr: needs images with class labels"),
     (["objective=simsiam", "dataset=moons"], "objective=simsiam: makes its views by cropping and flipping images"),
     (["objective=simclr", "ssl.temperature=0"], "ssl.temperature=0.0 is out of range: allowed > 0"),
@@ -181,7 +228,7 @@ BAD = [
 
 
 def test_bad_objective_settings_exit_2_with_one_line_and_no_run(tmp_path):
-    cases = [["train", *args, *QUICK] for args, _ in BAD]
+    cases = [["train", *args, "trainer.epochs=1", "trainer.progress=plain"] for args, _ in BAD]
     out = run_cli_batch(cases, tmp_path)
     for (args, message), case in zip(BAD, cases):
         code, err, left = out[json.dumps(case)]

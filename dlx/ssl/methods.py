@@ -32,11 +32,12 @@ def nt_xent(z1, z2, *, temperature: float, stop_grad: bool = False) -> torch.Ten
     n = z1.shape[0]
     if stop_grad:
         z2 = z2.detach()
-    z = F.normalize(torch.cat([z1, z2]), dim=-1).float()
-    sim = z @ z.T / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(sim, partner)
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=-1)
+    with torch.autocast(z.device.type, enabled=False):  # logits / temperature in full precision, also under AMP
+        sim = z @ z.T / temperature
+        sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+        partner = (torch.arange(2 * n, device=z.device) + n) % (2 * n)  # made on the device: no copy, no sync
+        return F.cross_entropy(sim, partner)
 
 
 def _mlp(sizes: list[int], *, norm_last: bool) -> nn.Sequential:
@@ -75,7 +76,7 @@ class _Method(nn.Module):
 
 class SimSiam(_Method):
     def __init__(self, encoder: nn.Module, *, features: int, proj_dim: int, hidden: int, pred_hidden: int,
-                 stop_grad: bool):
+                 stop_grad: bool = True):
         super().__init__(encoder)
         self.stop_grad = stop_grad
         self.projector = _mlp([features, hidden, hidden, proj_dim], norm_last=True)
@@ -88,7 +89,7 @@ class SimSiam(_Method):
 
 class SimCLR(_Method):
     def __init__(self, encoder: nn.Module, *, features: int, proj_dim: int, hidden: int, temperature: float,
-                 stop_grad: bool):
+                 stop_grad: bool = False):
         super().__init__(encoder)
         self.temperature, self.stop_grad = temperature, stop_grad
         self.projector = _mlp([features, hidden, proj_dim], norm_last=False)

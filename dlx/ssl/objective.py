@@ -13,19 +13,38 @@ from collections.abc import Mapping
 import torch
 
 from dlx.data.batches import eval_bounds
+from dlx.engine import amp_context
 from dlx.ssl.represent import Representation, encode, output_std
 
 METHODS = ("simsiam", "simclr")  # the self-supervised options of the objective group
+SUPERVISED_METRICS = ("val/loss", "val/acc", "train/loss", "train/acc")
+# a self-supervised run counts no training hits; its val/acc is the k-NN accuracy
+SELF_SUPERVISED_METRICS = ("val/loss", "val/acc", "val/knn_acc", "train/loss", "ssl/output_std")
+# the built-in data sets of images with class labels, for the messages that name them
+IMAGE_DATA = "dataset=digits, mnist, fashion_mnist, cifar10, image_folder"
 EVAL_VIEWS_SEED = 0  # evaluation's views: fixed, so val/loss compares across epochs and runs
 # what a self-supervised run cannot combine with, and why (checked while the config is composed)
 _DIAGNOSTICS = {"layers": "a supervised loss", "sharpness": "a supervised loss", "sequence": "sequence models"}
 
 
+def epoch_metrics(objective: Mapping) -> tuple[str, ...]:
+    """The metrics a run with this objective config logs every epoch: what monitors and targets may name."""
+    if str(objective.get("name", "supervised")) in METHODS:
+        return SELF_SUPERVISED_METRICS
+    return SUPERVISED_METRICS + (("val/knn_acc",) if objective.get("represent") else ())
+
+
 def config_problems(cfg: Mapping, declared=None) -> list[str]:
     """What a self-supervised objective rules out, found before any data loads. declared: the (target, tokens)
     a built-in dataset says it holds."""
-    name = str((cfg.get("objective") or {}).get("name", "supervised"))
+    objective = cfg.get("objective") or {}
+    name = str(objective.get("name", "supervised"))
+    target = None if declared is None else str(getattr(declared[0], "value", declared[0]))
     if name not in METHODS:
+        if objective.get("represent") and target not in (None, "label"):
+            data = str((cfg.get("dataset") or {}).get("_target_", "")).rpartition(".")[2]
+            return [f"objective.represent=true: measures a representation by its class labels, and dataset {data} "
+                    f"has {target} targets: allowed false"]
         return []
     out = []
     augmentation = cfg.get("augmentation") or {}
@@ -41,13 +60,16 @@ def config_problems(cfg: Mapping, declared=None) -> list[str]:
         if (diagnostics.get(key) or {}).get("enabled"):
             out.append(f"diagnostics.{key}: needs {needs}, and objective={name} has none: allowed with "
                        "objective=supervised; diagnostics=basic measures the gap of the k-NN accuracy")
-    if declared is not None:
-        target, tokens = declared
-        if tokens or str(getattr(target, "value", target)) != "label":
-            data = str((cfg.get("dataset") or {}).get("_target_", "")).rpartition(".")[2]
-            out.append(f"objective={name}: needs images with class labels (the labels only measure the "
-                       f"representation), and dataset {data} has {'token ids' if tokens else 'other targets'}: "
-                       "allowed objective=supervised, or dataset=digits, mnist, fashion_mnist, cifar10, image_folder")
+    stopping = (cfg.get("regularization") or {}).get("early_stopping") or {}
+    if stopping.get("enabled") and stopping.get("monitor") in ("val/loss", "train/loss"):
+        out.append(f"regularization.early_stopping.monitor={stopping['monitor']}: a self-supervised loss is lowest "
+                   f"when the outputs collapse, so objective={name} would keep a collapsed model: allowed val/acc "
+                   "(the k-NN accuracy), val/knn_acc, ssl/output_std")
+    if declared is not None and (declared[1] or target != "label"):
+        data = str((cfg.get("dataset") or {}).get("_target_", "")).rpartition(".")[2]
+        out.append(f"objective={name}: needs images with class labels (the labels only measure the representation), "
+                   f"and dataset {data} has {'token ids' if declared[1] else target + ' targets'}: allowed "
+                   f"objective=supervised, or {IMAGE_DATA}")
     return out
 
 
@@ -64,17 +86,18 @@ class SelfSupervised:
         was = model.training
         model.eval()
         try:
-            total, n = 0.0, 0
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            total, n = torch.zeros((), device=device), 0
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                    amp_context(device, trainer.opt.amp):
                 torch.manual_seed(EVAL_VIEWS_SEED)
                 # batches of the training size: SimCLR's loss grows with the negatives a batch holds
                 for x, _ in split.batches(eval_bounds(len(split), trainer.opt.batch_size)):
-                    total += trainer.forward(*self.views(x)).item() * len(x)
+                    total += trainer.forward(*self.views(x)).float() * len(x)
                     n += len(x)
             knn = self.representation.knn(trainer, split)
         finally:
             model.train(was)
-        return {"loss": total / max(1, n), "acc": knn, "knn_acc": knn}
+        return {"loss": total.item() / max(1, n), "acc": knn, "knn_acc": knn}
 
     @torch.no_grad()
     def epoch_metrics(self, trainer) -> dict[str, float]:
@@ -101,7 +124,7 @@ def create_objective(cfg: dict, encoder: torch.nn.Module, data, *, seed: int):
     obj = cfg.get("objective") or {}  # a checkpoint written before the group existed: supervised
     name = str(obj.get("name", "supervised"))
     representation = None
-    if name not in METHODS and obj.get("represent") and data.task.target.value != "label":
+    if name not in METHODS and obj.get("represent") and data.task.target.value != "label":  # a user's own data
         raise ValueError(f"objective.represent=true: measures a representation by its class labels, and dataset "
                          f"{data.name} has {data.task.target.value} targets: allowed false")
     if name in METHODS or obj.get("represent"):
@@ -116,12 +139,14 @@ def create_objective(cfg: dict, encoder: torch.nn.Module, data, *, seed: int):
     if data.task.target.value != "label":
         raise ValueError(f"objective={name}: needs class labels to measure the representation, and dataset "
                          f"{data.name} has {data.task.target.value} targets: allowed objective=supervised")
+    # ssl.stop_grad null: the method's own (its signature: SimSiam has one, SimCLR not)
+    switch = {} if s["stop_grad"] is None else {"stop_grad": s["stop_grad"]}
     if name == "simsiam":
         model = SimSiam(encoder, features=s["features"], proj_dim=s["proj_dim"], hidden=s["hidden"],
-                        pred_hidden=s["pred_hidden"], stop_grad=s["stop_grad"])
+                        pred_hidden=s["pred_hidden"], **switch)
     else:
         model = SimCLR(encoder, features=s["features"], proj_dim=s["proj_dim"], hidden=s["hidden"],
-                       temperature=s["temperature"], stop_grad=s["stop_grad"])
+                       temperature=s["temperature"], **switch)
     return model, SelfSupervised(name=name, views=views, representation=representation), representation
 
 

@@ -1,8 +1,9 @@
 """Two random views of every sample of a batch, made on the batch's device with no loop over samples.
 
-A random resized crop (area share in [crop_scale, 1], aspect ratio in [3/4, 4/3]) and a horizontal flip are one
-affine map per sample, so one `grid_sample` does both; then colour jitter (brightness, contrast and saturation,
-images with three channels only), a cutout square and Gaussian noise. Draws come from torch's global generators,
+A random resized crop (area share in [crop_scale, 1], aspect ratio in [3/4, 4/3], each side clipped to the image's)
+and a horizontal flip are one affine map per sample, so one `grid_sample` does both; then colour jitter (brightness,
+contrast and saturation on the standardised pixels, images with three channels only; no hue), a cutout square and
+Gaussian noise. Draws come from torch's global generators,
 which the trainer seeds and checkpoints (`torch.random.fork_rng` gives evaluation fixed views).
 """
 
@@ -15,6 +16,9 @@ import torch.nn.functional as F
 
 from dlx.data.augment import _cutout
 
+# ITU-R BT.601 luma weights: the grey an image's saturation moves towards
+_LUMA = (0.299, 0.587, 0.114)
+
 # the aspect ratios of a crop, as in torchvision's RandomResizedCrop
 _LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
 
@@ -26,10 +30,11 @@ class TwoViews:
 
     def check_input(self, input_shape: tuple[int, ...], objective: str) -> None:
         if len(input_shape) != 3:
+            from dlx.ssl.objective import IMAGE_DATA
+
             raise ValueError(f"objective={objective}: makes its views by cropping and flipping images of shape "
                              f"(channels, height, width), and the data's samples have shape {tuple(input_shape)}: "
-                             "allowed objective=supervised, or image data (dataset=digits, mnist, fashion_mnist, "
-                             "cifar10, image_folder)")
+                             f"allowed objective=supervised, or image data ({IMAGE_DATA})")
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.view(x), self.view(x)
@@ -63,13 +68,16 @@ class TwoViews:
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def _colour(self, x: torch.Tensor) -> torch.Tensor:
+        """On standardised pixels (about unit spread per channel): brightness as an offset of up to `jitter`
+        spreads, contrast as a scale around each image's mean, saturation as a move towards or away from its
+        luma, each by a factor in [1 - jitter, 1 + jitter]."""
         n, device, j = x.shape[0], x.device, self.jitter
 
-        def factor():
-            return (1 + j * (2 * torch.rand(n, 1, 1, 1, device=device) - 1)).to(x.dtype)
+        def draw():
+            return (j * (2 * torch.rand(n, 1, 1, 1, device=device) - 1)).to(x.dtype)
 
-        x = x * factor()  # brightness
+        x = x + draw()  # brightness
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * factor() + mean  # contrast
-        grey = x.mean(dim=1, keepdim=True)
-        return (x - grey) * factor() + grey  # saturation
+        x = (x - mean) * (1 + draw()) + mean  # contrast
+        grey = (x * torch.tensor(_LUMA, device=device, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return (x - grey) * (1 + draw()) + grey  # saturation
