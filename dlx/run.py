@@ -250,7 +250,9 @@ def _start_run(tracker, cfg, built, run_dir, overrides, choices, checkpoint, com
         record_resumed(tracker, cfg, checkpoint["config"], run_dir)
         return run_id
     names = component_names(cfg, choices)
-    name = cfg["tracking"]["run_name"] or f"{names['model']}-{names['optimizer']}-{names['dataset']}-s{cfg['trainer']['seed']}"
+    objective = str((cfg.get("objective") or {}).get("name", "supervised"))
+    name = cfg["tracking"]["run_name"] or ("" if objective == "supervised" else f"{objective}-") + \
+        f"{names['model']}-{names['optimizer']}-{names['dataset']}-s{cfg['trainer']['seed']}"
     tags = {**runtime_tags(built.device, command), **git_info(), **{f"dlx.choice.{g}": c for g, c in choices.items()},
             "dlx.overrides": " ".join(overrides), **resample_tags(cfg), **cfg["tracking"]["tags"]}  # secrets masked
     run_id = tracker.start(run_name=name, tags=tags, parent_run_id=cfg["tracking"].get("parent_run_id"))

@@ -65,7 +65,8 @@ def linear_probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Ten
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     x = (x - mean) / std
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    probe = torch.nn.Linear(x.shape[1], num_classes).to(x.device)
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's own initialisation draws from the global generator
+        probe = torch.nn.Linear(x.shape[1], num_classes).to(x.device)
     with torch.no_grad():
         bound = 1 / math.sqrt(x.shape[1])
         probe.weight.copy_(torch.empty(probe.weight.shape).uniform_(-bound, bound, generator=gen))
