@@ -1,0 +1,225 @@
+"""One training over several processes (dlx.distributed): real `python -m dlx train trainer.devices=2` runs,
+torchrun starting two gloo ranks on the CPU, each run against a temporary SQLite store.
+
+A 2-rank run is one MLflow run, FINISHED, with rank 0's metrics and checkpoints, and with the test accuracy of
+the one-process training on the same global batch; a rank that raises or is SIGKILLed ends the run FAILED with
+that rank's error, and the run resumes on two ranks to the one-process result; Ctrl-C to `dlx train` ends
+every rank and the run KILLED; DDP settings this machine cannot run exit 2 before any rank starts. The NCCL
+variants at the end need CUDA devices and skip without them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import QUICK, all_runs, client_for, dlx_env, run_cli_batch, run_dlx
+
+TWO = ["trainer.devices=2", *QUICK]
+LONG = ["trainer.devices=2", *(a for a in QUICK if not a.startswith("trainer.epochs=")), "trainer.epochs=500"]
+
+# a callback a test names with trainer.callbacks: on one rank, at one step, while its file exists, it removes the
+# file and fails (raises, or SIGKILLs its own process); the resumed run finds no file and trains on
+FAULTS = '''
+import os, signal
+from pathlib import Path
+
+import torch.distributed as dist
+
+
+class Fault:
+    def __init__(self, rank, step, armed, how="raise"):
+        self.rank, self.step, self.armed, self.how = rank, step, Path(armed), how
+
+    def on_step(self, trainer, state):
+        if dist.get_rank() == self.rank and state.step == self.step and self.armed.exists():
+            self.armed.unlink()
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected fault on rank {self.rank} at step {self.step}")
+'''
+
+
+def one_process_reference(args: list[str]) -> dict[str, float]:
+    """The same configuration trained in this process, as one process does: final test metrics and the
+    per-epoch training loss."""
+    from omegaconf import OmegaConf
+
+    from dlx.build import build
+    from dlx.compose import compose
+
+    cfg = compose([a for a in args if not a.startswith("trainer.devices=")])
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    trainer = build(resolved).trainer
+    state = trainer.fit()
+    test = trainer.evaluate(trainer.data.test)
+    return {"test/acc": test["acc"], "test/loss": test["loss"], "train/loss": [h["train/loss"] for h in state.history]}
+
+
+def history(workdir: Path, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(client_for(workdir).get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_two_ranks_train_one_run_as_one_process_does(workdir):
+    proc = run_dlx(["train", *TWO], workdir, check=True)
+    runs = all_runs(workdir)
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.params["trainer.devices"] == "2"
+    # only rank 0 prints: one line per epoch, one summary
+    assert proc.stdout.count("epoch 1/2") == 1 and proc.stdout.count("dlx train: FINISHED") == 1, proc.stdout
+    assert history(workdir, run.info.run_id, "val/acc") and len(history(workdir, run.info.run_id, "train/loss")) == 2
+    ckpt = Path(run.data.tags["dlx.checkpoint_dir"])
+    assert (ckpt / "last.pt").is_file() and (ckpt / "best.pt").is_file()
+    # the ranks' shares of each global batch are the one-process batch (DistributedSampler's interleaving), so
+    # the curves agree up to the order floating-point sums are taken in
+    ref = one_process_reference(TWO)
+    assert run.data.metrics["test/acc"] == pytest.approx(ref["test/acc"], abs=0.02)
+    assert history(workdir, run.info.run_id, "train/loss") == pytest.approx(ref["train/loss"], rel=1e-3)
+    run_dir = Path(run.data.tags["dlx.run_dir"])
+    assert (run_dir / "ddp" / "rank1.log").is_file() and not list((run_dir / "ddp").glob("rank*.json"))
+
+
+@pytest.mark.parametrize("how", ["raise", "kill"])
+def test_a_failing_rank_fails_the_run_with_its_error_and_the_run_resumes(workdir, how):
+    (workdir / "faults.py").write_text(FAULTS)
+    armed = workdir / "armed"
+    armed.touch()
+    fault = f"trainer.callbacks=[{{_target_: faults.Fault, rank: 1, step: 30, armed: '{armed}', how: {how}}}]"
+    proc = run_dlx(["train", *TWO, fault], workdir)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert not armed.exists()  # rank 1 reached step 30 (epoch 2)
+    [run] = all_runs(workdir)
+    error = run.data.tags["dlx.error"]
+    assert run.info.status == "FAILED" and error.startswith("rank 1: "), error
+    expected = "RuntimeError: injected fault on rank 1 at step 30" if how == "raise" else "killed by SIGKILL"
+    assert expected in error and expected in proc.stderr, proc.stderr
+    assert f"dlx: run FAILED: rank 1: {expected}" in proc.stderr.splitlines()[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    if how == "kill":
+        return
+    # rank 0 read the checkpoint of epoch 1, every rank loaded it: the resumed run ends where one process does
+    run_dlx(["train", *TWO, fault, f"trainer.resume={run.info.run_id}"], workdir, check=True)
+    [resumed] = all_runs(workdir)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["dlx.resumed_from_epoch"] == "1"
+    ref = one_process_reference(TWO)
+    assert resumed.data.metrics["test/acc"] == pytest.approx(ref["test/acc"], abs=0.02)
+    assert history(workdir, run.info.run_id, "train/loss") == pytest.approx(ref["train/loss"], rel=1e-3)
+
+
+def test_ctrl_c_ends_every_rank_and_the_run_killed(workdir):
+    proc = subprocess.Popen([sys.executable, "-m", "dlx", "train", *LONG], cwd=workdir,
+                            env=dlx_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(r.info.status == "RUNNING" and r.data.metrics.get("val/acc")
+                                                      is not None for r in all_runs(workdir)):
+            time.sleep(0.5)
+        ranks = _rank_pids(workdir)
+        assert len(ranks) == 2, ranks
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-2000:] + err[-3000:]
+    [run] = all_runs(workdir)
+    assert run.info.status == "KILLED" and "Ctrl-C" in run.data.tags["dlx.error"]
+    assert "dlx: run KILLED: interrupted (Ctrl-C)" in err and f"trainer.resume={run.info.run_id}" in err
+    assert not [pid for pid in ranks if _alive(pid)]
+
+
+def _rank_pids(workdir: Path) -> list[int]:
+    """The processes running `-m dlx.distributed` for a run under workdir."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"dlx.distributed" in cmd and any(str(workdir).encode() in part for part in cmd):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    return state != "Z"
+
+
+def test_ddp_settings_this_machine_cannot_run_exit_2_before_any_rank_starts(workdir):
+    cases = {
+        "trainer.batch_size=63": "allowed a multiple of 2",
+        "trainer.device=mps": "each rank takes a device of its own",
+        "trainer.nodes=2": "trainer.rdzv_endpoint=HOST:PORT",
+        "trainer.node_rank=1": "trainer.node_rank=1 is out of range: allowed null or 0 to 0",
+    }
+    results = run_cli_batch([["train", "trainer.devices=2", case] for case in cases], workdir)
+    for case, needle in cases.items():
+        code, err, left = results[f'["train", "trainer.devices=2", "{case}"]']
+        # one line, or one per problem under a header where the machine adds its own (no MPS device here)
+        assert code == 2 and err.startswith("dlx: error: ") and "Traceback" not in err, (case, err)
+        assert needle in err, (case, err)
+        assert not left, (case, left)  # no run folder, no store: nothing started
+
+
+def test_torchrun_gets_the_rendezvous_of_several_nodes():
+    from dlx.distributed import torchrun_args
+
+    home = Path("/runs/x/ddp")
+    base = {"devices": 4, "nodes": 2, "rdzv_endpoint": "node0:29400"}
+    c10d = torchrun_args({**base, "node_rank": None}, home)
+    assert {"--nproc-per-node=4", "--nnodes=2", "--rdzv-endpoint=node0:29400", "--rdzv-backend=c10d"} <= set(c10d)
+    static = torchrun_args({**base, "node_rank": 1}, home)
+    assert {"--rdzv-backend=static", "--node-rank=1", "--rdzv-endpoint=node0:29400"} <= set(static)
+    assert "--standalone" in torchrun_args({"devices": 2, "nodes": 1}, home)
+    # torchrun itself takes them
+    from torch.distributed.run import parse_args
+
+    ns = parse_args([*static, "--module", "dlx.distributed", "spec.json"])
+    assert (ns.nnodes, ns.rdzv_endpoint, ns.node_rank, ns.rdzv_backend) == ("2", "node0:29400", 1, "static")
+
+
+# ------------------------------------------------------------------------------------------------ NCCL
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(_gpus() < 2, reason="needs 2 CUDA devices for 2 NCCL ranks")
+def test_two_ranks_on_cuda_nccl(workdir):
+    proc = run_dlx(["train", *TWO, "trainer.device=cuda"], workdir, check=True)
+    [run] = all_runs(workdir)
+    assert run.info.status == "FINISHED" and run.data.tags["dlx.device"].startswith("cuda"), proc.stdout[-2000:]
+    assert run.data.metrics["test/acc"] > 0.1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(_gpus() < 2, reason="needs 2 CUDA devices for 2 NCCL ranks")
+def test_a_failing_nccl_rank_fails_the_run(workdir):
+    (workdir / "faults.py").write_text(FAULTS)
+    armed = workdir / "armed"
+    armed.touch()
+    fault = f"trainer.callbacks=[{{_target_: faults.Fault, rank: 1, step: 30, armed: '{armed}'}}]"
+    proc = run_dlx(["train", *TWO, "trainer.device=cuda", fault], workdir)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    [run] = all_runs(workdir)
+    assert run.info.status == "FAILED" and run.data.tags["dlx.error"].startswith("rank 1: RuntimeError: injected")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(_gpus() < 1, reason="needs a CUDA device")
+def test_one_nccl_rank_through_torchrun(workdir):
+    run_dlx(["train", "trainer.strategy=ddp", *QUICK, "trainer.device=cuda"], workdir, check=True)
+    [run] = all_runs(workdir)
+    assert run.info.status == "FINISHED" and run.data.metrics["test/acc"] > 0.1
