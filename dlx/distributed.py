@@ -17,6 +17,8 @@ decide alike on every rank.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
@@ -155,6 +157,7 @@ def launch(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, che
     import torch.distributed.run as torchrun
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
 
     from dlx.errors import RunError
 
@@ -167,8 +170,14 @@ def launch(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, che
         from dlx.checkpoint import save_checkpoint
 
         resume = str(save_checkpoint(checkpoint, home / "resume.pt")[0])
+    root = logging.getLogger()
     spec = {"config": cfg, "run_dir": str(run_dir.resolve()), "overrides": overrides, "choices": choices,
-            "command": command, "resume": resume}
+            "command": command, "resume": resume,
+            # rank 0 shows what this process would: its log files, a console only where this has one (a sweep's
+            # trials log to their file alone), and its stdout unless it is captured (a quiet trial's table)
+            "log_files": [h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)],
+            "console": any(type(h) is logging.StreamHandler for h in root.handlers),
+            "stdout": sys.stdout is sys.__stdout__}
     (home / SPEC).write_text(json.dumps(spec))
     args = [*torchrun_args(cfg["trainer"], home), "--module", "dlx.distributed", str(home / SPEC)]
     log.info("training over %d processes: torchrun %s", world_size(cfg["trainer"]), " ".join(args))
@@ -187,7 +196,12 @@ def launch(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, che
         lead = _outcome(home, 0)
         code = 130 if exc.sigval == signal.SIGINT else 128 + int(exc.sigval)
         raise RunError(lead["message"] if lead else f"run KILLED: {exc.sigval.name}", code) from None
+    except RendezvousError as exc:  # the nodes did not meet: no rank started
+        raise RunError(f"error: the nodes did not meet at trainer.rdzv_endpoint={cfg['trainer']['rdzv_endpoint']}: "
+                       f"{type(exc).__name__}: {exc}", 1) from None
     finally:
+        if resume is not None:  # a copy for rank 0: the run's own checkpoint stays where it was
+            Path(resume).unlink(missing_ok=True)
         quiet.setLevel(level)
         if threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
@@ -258,15 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(spec_path.read_text())
     home, rank = spec_path.parent, int(os.environ["RANK"])
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    _log_to(Path(spec["run_dir"]), home, rank)
+    _log_to(spec, home, rank)
     signal.signal(signal.SIGINT, _interrupt_once)
     from dlx.errors import Pruned, RunError, Terminated
     from dlx.run import sigterm_as_interrupt
 
     outcome = None
+    shown = io.StringIO()
     try:
-        with sigterm_as_interrupt():  # torchrun stops the other ranks with SIGTERM when one fails
-            final = _rank(spec, rank)
+        with sigterm_as_interrupt(), (contextlib.nullcontext() if spec["stdout"] else contextlib.redirect_stdout(shown)):
+            final = _rank(spec, rank)  # torchrun stops the other ranks with SIGTERM when one fails
         if rank == 0:
             (home / RESULT).write_text(json.dumps(final, default=float))
     except RunError as exc:
@@ -279,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - any error of the rank is the run's; its traceback in its log
         log.exception("rank %d failed", rank)
         outcome = {"code": 1, "message": f"{type(exc).__name__}: {exc}", "kind": "exception"}
+    if shown.getvalue().strip():
+        log.info("%s", shown.getvalue().rstrip())
     if outcome is not None:
         (home / f"rank{rank}.json").write_text(json.dumps({**outcome, "time": time.time()}))
         return outcome["code"]
@@ -294,14 +311,17 @@ def _interrupt_once(signum, frame):
     raise KeyboardInterrupt
 
 
-def _log_to(run_dir: Path, home: Path, rank: int) -> None:
-    """Rank 0 logs as a run does (the console and the run's train.log, Hydra's format); the others to
-    ddp/rank<r>.log only."""
+def _log_to(spec: dict, home: Path, rank: int) -> None:
+    """Rank 0 logs where the launching process does (in Hydra's format); the others to ddp/rank<r>.log only."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    handlers = [logging.FileHandler(run_dir / "train.log" if rank == 0 else home / f"rank{rank}.log")]
-    if rank == 0:
-        handlers.append(logging.StreamHandler(sys.stdout))
+    if rank:
+        handlers = [logging.FileHandler(home / f"rank{rank}.log")]
+    else:
+        files = spec["log_files"] or [str(Path(spec["run_dir"]) / "train.log")]
+        handlers = [logging.FileHandler(f) for f in files]
+        if spec["console"]:
+            handlers.append(logging.StreamHandler(sys.stdout))
     for handler in handlers:
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         root.addHandler(handler)

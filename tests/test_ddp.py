@@ -65,51 +65,60 @@ def history(workdir: Path, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(client_for(workdir).get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def test_two_ranks_train_one_run_as_one_process_does(workdir):
-    proc = run_dlx(["train", *TWO], workdir, check=True)
-    runs = all_runs(workdir)
-    assert len(runs) == 1, [r.info.run_id for r in runs]
-    run = runs[0]
+def check_one_run_of_rank_0(workdir: Path, proc, run) -> None:
+    """What a finished 2-rank run holds: rank 0's MLflow run, metrics and checkpoints, and its lines only."""
     assert run.info.status == "FINISHED" and run.data.params["trainer.devices"] == "2"
-    # only rank 0 prints: one line per epoch, one summary
-    assert proc.stdout.count("epoch 1/2") == 1 and proc.stdout.count("dlx train: FINISHED") == 1, proc.stdout
-    assert history(workdir, run.info.run_id, "val/acc") and len(history(workdir, run.info.run_id, "train/loss")) == 2
+    assert proc.stdout.count("epoch 2/2") == 1 and proc.stdout.count("dlx train: FINISHED") == 1, proc.stdout
+    assert len(history(workdir, run.info.run_id, "val/acc")) == 2
     ckpt = Path(run.data.tags["dlx.checkpoint_dir"])
     assert (ckpt / "last.pt").is_file() and (ckpt / "best.pt").is_file()
-    # the ranks' shares of each global batch are the one-process batch (DistributedSampler's interleaving), so
-    # the curves agree up to the order floating-point sums are taken in
+    run_dir = Path(run.data.tags["dlx.run_dir"])
+    assert (run_dir / "ddp" / "rank1.log").is_file() and not list((run_dir / "ddp").glob("rank*.json"))
+    # each rank's share of a global batch is every other sample of the one-process batch (DistributedSampler's
+    # rule), so the curves are the one-process ones up to the order floating-point sums are taken in
     ref = one_process_reference(TWO)
     assert run.data.metrics["test/acc"] == pytest.approx(ref["test/acc"], abs=0.02)
     assert history(workdir, run.info.run_id, "train/loss") == pytest.approx(ref["train/loss"], rel=1e-3)
-    run_dir = Path(run.data.tags["dlx.run_dir"])
-    assert (run_dir / "ddp" / "rank1.log").is_file() and not list((run_dir / "ddp").glob("rank*.json"))
 
 
-@pytest.mark.parametrize("how", ["raise", "kill"])
-def test_a_failing_rank_fails_the_run_with_its_error_and_the_run_resumes(workdir, how):
+@pytest.mark.slow  # the resumed run below checks the same, after a failure
+def test_two_ranks_train_one_run_as_one_process_does(workdir):
+    proc = run_dlx(["train", *TWO], workdir, check=True)
+    [run] = all_runs(workdir)
+    check_one_run_of_rank_0(workdir, proc, run)
+
+
+def armed_fault(workdir: Path, how: str) -> str:
     (workdir / "faults.py").write_text(FAULTS)
-    armed = workdir / "armed"
-    armed.touch()
-    fault = f"trainer.callbacks=[{{_target_: faults.Fault, rank: 1, step: 30, armed: '{armed}', how: {how}}}]"
-    proc = run_dlx(["train", *TWO, fault], workdir)
+    (workdir / "armed").touch()
+    return f"trainer.callbacks=[{{_target_: faults.Fault, rank: 1, step: 30, armed: '{workdir / 'armed'}', how: {how}}}]"
+
+
+def check_failed_by_rank_1(workdir: Path, proc, expected: str):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert not armed.exists()  # rank 1 reached step 30 (epoch 2)
+    assert not (workdir / "armed").exists()  # rank 1 reached step 30 (epoch 2)
     [run] = all_runs(workdir)
     error = run.data.tags["dlx.error"]
-    assert run.info.status == "FAILED" and error.startswith("rank 1: "), error
-    expected = "RuntimeError: injected fault on rank 1 at step 30" if how == "raise" else "killed by SIGKILL"
-    assert expected in error and expected in proc.stderr, proc.stderr
-    assert f"dlx: run FAILED: rank 1: {expected}" in proc.stderr.splitlines()[-1], proc.stderr
+    assert run.info.status == "FAILED" and error.startswith(f"rank 1: {expected}"), error
+    assert proc.stderr.splitlines()[-1].startswith(f"dlx: run FAILED: rank 1: {expected}"), proc.stderr
     assert "Traceback" not in proc.stderr
-    if how == "kill":
-        return
-    # rank 0 read the checkpoint of epoch 1, every rank loaded it: the resumed run ends where one process does
-    run_dlx(["train", *TWO, fault, f"trainer.resume={run.info.run_id}"], workdir, check=True)
+    return run
+
+
+def test_a_rank_that_raises_fails_the_run_with_its_error_and_the_run_resumes_on_every_rank(workdir):
+    fault = armed_fault(workdir, "raise")
+    proc = run_dlx(["train", *TWO, fault], workdir)
+    run = check_failed_by_rank_1(workdir, proc, "RuntimeError: injected fault on rank 1 at step 30")
+    # rank 0 reads the checkpoint of epoch 1 and every rank loads it: the run ends where one process ends
+    proc = run_dlx(["train", *TWO, fault, f"trainer.resume={run.info.run_id}"], workdir, check=True)
     [resumed] = all_runs(workdir)
-    assert resumed.info.status == "FINISHED" and resumed.data.tags["dlx.resumed_from_epoch"] == "1"
-    ref = one_process_reference(TWO)
-    assert resumed.data.metrics["test/acc"] == pytest.approx(ref["test/acc"], abs=0.02)
-    assert history(workdir, run.info.run_id, "train/loss") == pytest.approx(ref["train/loss"], rel=1e-3)
+    assert resumed.data.tags["dlx.resumed_from_epoch"] == "1"
+    check_one_run_of_rank_0(workdir, proc, resumed)
+
+
+def test_a_sigkilled_rank_fails_the_run(workdir):
+    proc = run_dlx(["train", *TWO, armed_fault(workdir, "kill")], workdir)
+    check_failed_by_rank_1(workdir, proc, "killed by SIGKILL")
 
 
 def test_ctrl_c_ends_every_rank_and_the_run_killed(workdir):
@@ -207,14 +216,8 @@ def test_two_ranks_on_cuda_nccl(workdir):
 @pytest.mark.cuda
 @pytest.mark.skipif(_gpus() < 2, reason="needs 2 CUDA devices for 2 NCCL ranks")
 def test_a_failing_nccl_rank_fails_the_run(workdir):
-    (workdir / "faults.py").write_text(FAULTS)
-    armed = workdir / "armed"
-    armed.touch()
-    fault = f"trainer.callbacks=[{{_target_: faults.Fault, rank: 1, step: 30, armed: '{armed}'}}]"
-    proc = run_dlx(["train", *TWO, "trainer.device=cuda", fault], workdir)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    [run] = all_runs(workdir)
-    assert run.info.status == "FAILED" and run.data.tags["dlx.error"].startswith("rank 1: RuntimeError: injected")
+    proc = run_dlx(["train", *TWO, "trainer.device=cuda", armed_fault(workdir, "raise")], workdir)
+    check_failed_by_rank_1(workdir, proc, "RuntimeError: injected fault on rank 1 at step 30")
 
 
 @pytest.mark.cuda
@@ -223,3 +226,15 @@ def test_one_nccl_rank_through_torchrun(workdir):
     run_dlx(["train", "trainer.strategy=ddp", *QUICK, "trainer.device=cuda"], workdir, check=True)
     [run] = all_runs(workdir)
     assert run.info.status == "FINISHED" and run.data.metrics["test/acc"] > 0.1
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_ddp_trials(workdir):
+    """A trial is one `dlx.run.train`, whichever launcher runs it (the local pool here; a SLURM job alike, with
+    hydra.launcher.gpus_per_node for its ranks): it starts its ranks the way `dlx train` does."""
+    proc = run_dlx(["sweep", "trainer.devices=2", *QUICK, "trainer.progress=none", "seed=0"], workdir, check=True)
+    runs = all_runs(workdir)
+    [trial] = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert trial.info.status == "FINISHED" and trial.data.params["trainer.devices"] == "2"
+    # a quiet trial's table goes to its log (and the console only as a log line), as one process's does
+    assert len(runs) == 2 and not [ln for ln in proc.stdout.splitlines() if ln.startswith("dlx train: FINISHED")]
