@@ -12,6 +12,8 @@ batch size, torch.optim.Adam with the same lr and bf16 autocast are trained by:
 * dlx: a real `dlx train` run (overhead.dlx_run): composed from conf/, MLflow in a temporary SQLite store with
   params, per-step and per-epoch metrics, checkpoints and plots; its per-epoch `epoch_time` (training plus
   validation, after a device sync) is read back from MLflow.
+* engine: dlx's loop alone (dlx.build.build, then Trainer.fit: no MLflow, no checkpoints, no progress lines), its
+  `epoch_time` as dlx logs it: with dlx and hand it tells the loop's own cost from the run's around it.
 * hand: overhead.hand_loop, the loop one writes by hand (randperm, index the device tensors, forward and loss
   under autocast, backward, step; then validation loss and accuracy), timed per epoch after a device sync.
 * lightning: a LightningModule around the same network and optimizer, Trainer(precision="bf16-mixed") with
@@ -160,6 +162,24 @@ def lightning_loop(pl, cfg: dict, root: Path) -> tuple[list[float], float]:
     return timer.times, (timer.ends[-1] - timer.ends[0]) / (len(timer.ends) - 1)
 
 
+def engine_loop(cfg: dict) -> tuple[list[float], float]:
+    """dlx's Trainer.fit on what dlx.build.build makes of the config, nothing around it; (epoch_time per epoch,
+    mean wall seconds per epoch after the first)."""
+    from dlx.build import build
+    from dlx.engine import Callback
+
+    class Ends(Callback):
+        def __init__(self):
+            self.ends = []
+
+        def on_epoch_end(self, trainer, state, metrics):
+            self.ends.append(time.perf_counter())
+
+    ends = Ends()
+    state = build(cfg, callbacks=[ends]).trainer.fit()
+    return [m["epoch_time"] for m in state.history], (ends.ends[-1] - ends.ends[0]) / (len(ends.ends) - 1)
+
+
 def measure(args, sides: list[str], data: Path, store: Path, pl) -> dict[str, dict[str, list[float]]]:
     """Per side: epochs (all runs' epoch times after the first), per_run (each run's median) and wall."""
     import logging
@@ -174,6 +194,8 @@ def measure(args, sides: list[str], data: Path, store: Path, pl) -> dict[str, di
         for side in order:
             if side in ("dlx", "dlx-compile"):
                 times, wall = dlx_run(overrides(args, data, side == "dlx-compile"), store, f"{side}-{r}", "gpu")
+            elif side == "engine":
+                times, wall = engine_loop(hand_cfg)
             elif side == "hand":
                 times, wall = hand_loop(hand_cfg, False, F.cross_entropy)[:2]
             else:
@@ -244,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--device cuda: no CUDA device here (try --quick --device cpu)")
 
     pl = lightning_module()
-    sides = ["dlx", "hand"] + (["lightning"] if pl else []) + (["dlx-compile"] if args.compile else [])
+    sides = ["dlx", "engine", "hand"] + (["lightning"] if pl else []) + (["dlx-compile"] if args.compile else [])
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     print(f"dlx on a GPU: ResNet-{args.depth}, {args.train:,} random 3x32x32 images of 10 classes (+{args.holdout:,} "
           f"validation), batch {args.batch}, amp {args.amp}, Adam; device {args.device} ({where}); torch "
