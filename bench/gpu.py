@@ -276,12 +276,14 @@ def main(argv: list[str] | None = None) -> int:
         print("lightning: not installed (neither lightning nor pytorch_lightning imports): column skipped")
     else:
         print(f"lightning: {pl.__name__} {pl.__version__}")
-    t0 = time.perf_counter()
+    t0, benchmark = time.perf_counter(), torch.backends.cudnn.benchmark
     with tempfile.TemporaryDirectory(prefix="dlx-gpu-") as tmp:
         data = Path(tmp) / "cifar_shaped.npz"
         write_data(data, args.train, args.holdout)
         results = measure(args, sides, data, Path(tmp), pl)
     print()
+    if torch.backends.cudnn.benchmark != benchmark:  # one loop changed a setting the others then ran with
+        print(f"note: cuDNN benchmark was {benchmark} at the start and is {torch.backends.cudnn.benchmark} now")
     ok = report(results, args.train)
     print(f"\nratio = loop / hand of the median epoch times (training plus validation, after a device sync); "
           f"took {time.perf_counter() - t0:.0f}s")
