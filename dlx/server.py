@@ -79,7 +79,29 @@ def backend_problem(uri: str) -> str | None:
         except ImportError as exc:
             module = (exc.name or "").split(".")[0]
             return f"its driver is not installed ({exc}): pip install {DRIVER_PACKAGES.get(module, module)}"
-    return probe_backend(uri)
+    problem = probe_backend(uri)
+    if problem or dialect == "sqlite":
+        return problem
+    return _login_problem(uri)
+
+
+def _login_problem(uri: str) -> str | None:
+    """Log in once (the database server answered): a wrong database, user or password is said here, in one
+    line, rather than in the traceback of a server that failed to start."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(uri, poolclass=NullPool)
+    try:
+        with engine.connect():
+            return None
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        said = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
+        return f"cannot log in to the database ({said[:300] or type(cause).__name__})"
+    finally:
+        engine.dispose()
 
 
 def server_command(*, backend_store_uri: str | None, artifacts_destination: str | None, host: str, port: int,

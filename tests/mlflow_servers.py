@@ -34,8 +34,13 @@ class Server:
     """`dlx server --port PORT ARGS` started in `cwd`, once /health answers; `uri` is what it printed to log to."""
 
     def __init__(self, cwd: Path, port: int, *args: str, timeout: float = 180):
-        self.cwd, self.port, self.args = Path(cwd), port, args
+        self.cwd, self.port, self.args, self.timeout = Path(cwd), port, args, timeout
         self.log = self.cwd / f"server-{port}.log"
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again: same port, same store), once it answers."""
+        cwd, port, args, timeout = self.cwd, self.port, self.args, self.timeout
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "dlx", "server", "--port", str(port), *args],
                                          cwd=cwd, env=dlx_env(), stdout=log, stderr=subprocess.STDOUT,
