@@ -1,7 +1,7 @@
 """Epoch time of `dlx train` on a GPU against a hand-written PyTorch loop and PyTorch Lightning, in one process.
 
     python bench/gpu.py                           # CUDA, ResNet-20, 50,000 images, batch 512, bf16: ~2-3 minutes
-    python bench/gpu.py --compile                 # also dlx with trainer.compile=true (torch.compile)
+    python bench/gpu.py --sides hand dlx-compile  # the hand loop and dlx with trainer.compile=true only
     python bench/gpu.py --quick --device cpu      # tiny sizes: shows that it runs, measures nothing
 
 The same network (`model=resnet model.depth=20`, built by dlx.build.build_model with the same seed), the same
@@ -21,7 +21,7 @@ batch size, torch.optim.Adam with the same lr and bf16 autocast are trained by:
   samples would measure the loader, not Lightning); an epoch is timed from on_train_epoch_start to the end of
   validation, after a device sync, as dlx times it. Lightning is imported only here; without it the column is
   skipped with a line.
-* dlx-compile (--compile): dlx with trainer.compile=true.
+* dlx-compile (only when --sides names it): dlx with trainer.compile=true.
 
 Each loop runs first in turn from repeat to repeat; the first epoch of every run (cuDNN's and the allocator's
 warm-up, torch.compile's compilation) is dropped; a ratio compares median epoch times. Target: dlx / hand <= 1.02,
@@ -41,6 +41,7 @@ from pathlib import Path
 from overhead import common_arguments, dlx_run, hand_loop, hand_loop_parts, resolved_config, start
 
 TARGET = 1.02
+SIDES = ["dlx", "engine", "hand", "lightning", "dlx-compile"]
 QUICK = {"train": 128, "holdout": 32, "batch": 32, "depth": 8, "epochs": 3, "repeats": 1}
 
 
@@ -234,7 +235,7 @@ def report(results: dict, samples: int) -> bool:
             ok &= passed
             verdict = f"  target <= {TARGET:.2f} {'PASS' if passed else 'FAIL'}"
         print(f"ratio {side}/hand {ratio:.3f} (per repeat {per_repeat}){verdict}")
-    if "lightning" in results:
+    if {"dlx", "lightning"} <= results.keys():
         dlx, lightning = (statistics.median(results[s]["epochs"]) for s in ("dlx", "lightning"))
         ahead = dlx < lightning
         ok &= ahead
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--holdout", type=int, default=10_000, help="validation images, and as many test (default 10000)")
     p.add_argument("--batch", type=int, default=512, help="batch size (default 512)")
     p.add_argument("--depth", type=int, default=20, help="ResNet depth, 6n+2 (default 20)")
-    p.add_argument("--compile", action="store_true", help="also time dlx with trainer.compile=true")
+    p.add_argument("--sides", nargs="+", choices=SIDES, default=SIDES[:-1],
+                   help="the loops to time; hand, the baseline, always runs (default: all but dlx-compile)")
     p.add_argument("--quick", action="store_true",
                    help=f"tiny sizes to check that the script runs: {', '.join(f'{k} {v}' for k, v in QUICK.items())}")
     args = p.parse_args(argv)
@@ -266,15 +268,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--device cuda: no CUDA device here (try --quick --device cpu)")
 
     pl = lightning_module()
-    sides = ["dlx", "engine", "hand"] + (["lightning"] if pl else []) + (["dlx-compile"] if args.compile else [])
+    sides = [s for s in SIDES if s in {*args.sides, "hand"} and (s != "lightning" or pl)]
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     print(f"dlx on a GPU: ResNet-{args.depth}, {args.train:,} random 3x32x32 images of 10 classes (+{args.holdout:,} "
           f"validation), batch {args.batch}, amp {args.amp}, Adam; device {args.device} ({where}); torch "
           f"{torch.__version__}, cuDNN benchmark {torch.backends.cudnn.benchmark}; "
           f"{args.epochs} epochs x {args.repeats} repeats per loop, first epoch of each run dropped")
-    if pl is None:
+    if pl is None and "lightning" in args.sides:
         print("lightning: not installed (neither lightning nor pytorch_lightning imports): column skipped")
-    else:
+    elif pl is not None:
         print(f"lightning: {pl.__name__} {pl.__version__}")
     t0, benchmark = time.perf_counter(), torch.backends.cudnn.benchmark
     with tempfile.TemporaryDirectory(prefix="dlx-gpu-") as tmp:
