@@ -32,11 +32,9 @@ def trial_devices(devices: list[str], worker: int, gpus_per_trial: int | None) -
         if not devices:
             return None
         gpus_per_trial = 1
-    if gpus_per_trial < 0:
-        raise ValueError(f"hydra.launcher.gpus_per_trial={gpus_per_trial}: must be 0 or more (or null: one "
-                         "per trial where there are CUDA devices)")
-    if gpus_per_trial > len(devices):
-        raise ValueError(f"hydra.launcher.gpus_per_trial={gpus_per_trial}: only {len(devices)} CUDA device(s) "
-                         f"visible ({','.join(devices) or 'none'}); at most {len(devices)}, 0 for the CPU")
+    if not 0 <= gpus_per_trial <= len(devices):
+        raise ValueError(f"hydra.launcher.gpus_per_trial={gpus_per_trial}: {len(devices)} CUDA device(s) visible "
+                         f"({','.join(devices) or 'none'}); allowed: 0 (trials on the CPU) to {len(devices)}, "
+                         "or null (one each where there are any)")
     first = worker * gpus_per_trial
     return [devices[(first + j) % len(devices)] for j in range(gpus_per_trial)]
