@@ -181,7 +181,11 @@ def launch(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, che
     (home / SPEC).write_text(json.dumps(spec))
     args = [*torchrun_args(cfg["trainer"], home), "--module", "dlx.distributed", str(home / SPEC)]
     log.info("training over %d processes: torchrun %s", world_size(cfg["trainer"]), " ".join(args))
-    handlers = {name: signal.getsignal(getattr(signal, name)) for name in _LAUNCHER_SIGNALS}
+    import threading
+
+    # torchrun sets its own handlers (in the main thread only) and leaves them: a sweep worker's stay its own
+    main_thread = threading.current_thread() is threading.main_thread()
+    handlers = {name: signal.getsignal(getattr(signal, name)) for name in _LAUNCHER_SIGNALS} if main_thread else {}
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads is None:  # the cores shared by the ranks, rather than torchrun's 1 each
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(cfg["trainer"]["devices"])))
@@ -240,13 +244,14 @@ def _failure(failures: dict, home: Path, cfg: dict, run_dir: Path) -> BaseExcept
             return Pruned(text)
         return RunError(text if kind == "run" else f"run FAILED: rank 0: {text}", outcomes[0]["code"])
     message = f"rank {rank}: {text}"
-    _close_failed(cfg, run_dir, message)
+    _close_failed(cfg, run_dir, message, home / f"rank{rank}.log")
     return RunError(f"run FAILED: {message}", 1)
 
 
-def _close_failed(cfg: dict, run_dir: Path, message: str) -> None:
-    """Close rank 0's run FAILED with another rank's error: torchrun stopped rank 0 after that rank failed, and
-    rank 0 closed it KILLED (or FAILED with the broken connection it saw)."""
+def _close_failed(cfg: dict, run_dir: Path, message: str, rank_log: Path) -> None:
+    """Close rank 0's run FAILED with another rank's error, its log (and traceback) beside rank 0's: torchrun
+    stopped rank 0 after that rank failed, and rank 0 closed it KILLED (or FAILED with the broken connection it
+    saw)."""
     tc = cfg["tracking"]
     if not tc["enabled"]:
         return
@@ -260,6 +265,8 @@ def _close_failed(cfg: dict, run_dir: Path, message: str) -> None:
         for run in client.search_runs([experiment], filter_string=f"tags.`dlx.run_dir` = '{where}'"):
             for key, value in redact({"dlx.error": message, "dlx.outcome": "failed"}).items():
                 client.set_tag(run.info.run_id, key, value)
+            if rank_log.is_file():
+                client.log_artifact(run.info.run_id, str(rank_log), "logs")
             client.set_terminated(run.info.run_id, status="FAILED")
     except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
         log.error("could not close the run FAILED in %s: %s", uri, exc)
