@@ -164,7 +164,7 @@ def _http_problem(uri: str, timeout: float) -> str | None:
         reason = exc
     what = f"no answer within {timeout:g} s" if isinstance(reason, (TimeoutError, socket.timeout)) else \
         getattr(reason, "strerror", None) or str(reason)
-    return (f"no MLflow server answers there ({what}); start one (mlflow server --host HOST --port PORT) or "
+    return (f"no MLflow server answers there ({what}); start one (dlx server --port PORT) or "
             "choose another tracking.uri")
 
 

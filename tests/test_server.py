@@ -80,6 +80,14 @@ def test_a_non_loopback_host_needs_expose_and_warns(tmp_path):
     assert client_address("::1", 5000) == "http://[::1]:5000"
 
 
+def test_tracking_server_defaults_to_where_dlx_server_serves(monkeypatch):
+    from dlx.compose import compose
+    from dlx.server import DEFAULT_PORT, client_address
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert compose(["tracking=server"]).tracking.uri == client_address("127.0.0.1", DEFAULT_PORT)
+
+
 def test_train_and_a_parallel_sweep_log_everything_to_the_server(server, tmp_path):
     uri = server.uri
     assert uri == f"http://127.0.0.1:{server.port}"
