@@ -81,9 +81,12 @@ def check_one_run_of_rank_0(workdir: Path, proc, run) -> None:
     assert history(workdir, run.info.run_id, "train/loss") == pytest.approx(ref["train/loss"], rel=1e-3)
 
 
-@pytest.mark.slow  # the resumed run below checks the same, after a failure
+STREAM = ["dataset.stream=on", "dataset.workers=1"]  # batches through DataLoader workers, each rank its share
+
+
+@pytest.mark.slow  # the resumed run below checks the same on the in-memory path, after a failure
 def test_two_ranks_train_one_run_as_one_process_does(workdir):
-    proc = run_dlx(["train", *TWO], workdir, check=True)
+    proc = run_dlx(["train", *TWO, *STREAM], workdir, check=True)
     [run] = all_runs(workdir)
     check_one_run_of_rank_0(workdir, proc, run)
 
@@ -120,7 +123,7 @@ def test_a_rank_that_raises_fails_the_run_with_its_error_and_the_run_resumes_on_
 
 
 def test_a_sigkilled_rank_fails_the_run(workdir):
-    proc = run_dlx(["train", *TWO, armed_fault(workdir, "kill")], workdir)
+    proc = run_dlx(["train", *TWO, *STREAM, armed_fault(workdir, "kill")], workdir)
     check_failed_by_rank_1(workdir, proc, "killed by SIGKILL")
 
 
