@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from conftest import QUICK, all_runs, client_for, dlx_env, run_cli_batch, run_dlx
 
-TWO = ["trainer.devices=2", *QUICK]
-LONG = ["trainer.devices=2", *(a for a in QUICK if not a.startswith("trainer.epochs=")), "trainer.epochs=500"]
+TWO = ["trainer.devices=2", "trainer.device=cpu", *QUICK]  # gloo ranks, also where a GPU is visible
+NCCL = ["trainer.devices=2", "trainer.device=cuda", *QUICK]
+LONG = [*(a for a in TWO if not a.startswith("trainer.epochs=")), "trainer.epochs=500"]
 
 # a callback a test names with trainer.callbacks: on one rank, at one step, while its file exists, it removes the
 # file and fails (raises, or SIGKILLs its own process); the resumed run finds no file and trains on
@@ -218,7 +219,7 @@ def _gpus() -> int:
 @pytest.mark.cuda
 @pytest.mark.skipif(_gpus() < 2, reason="needs 2 CUDA devices for 2 NCCL ranks")
 def test_two_ranks_on_cuda_nccl(workdir):
-    proc = run_dlx(["train", *TWO, "trainer.device=cuda"], workdir, check=True)
+    proc = run_dlx(["train", *NCCL], workdir, check=True)
     [run] = all_runs(workdir)
     assert run.info.status == "FINISHED" and run.data.tags["dlx.device"].startswith("cuda"), proc.stdout[-2000:]
     assert run.data.metrics["test/acc"] > 0.1
@@ -227,7 +228,7 @@ def test_two_ranks_on_cuda_nccl(workdir):
 @pytest.mark.cuda
 @pytest.mark.skipif(_gpus() < 2, reason="needs 2 CUDA devices for 2 NCCL ranks")
 def test_a_failing_nccl_rank_fails_the_run(workdir):
-    proc = run_dlx(["train", *TWO, "trainer.device=cuda", armed_fault(workdir, "raise")], workdir)
+    proc = run_dlx(["train", *NCCL, armed_fault(workdir, "raise")], workdir)
     check_failed_by_rank_1(workdir, proc, "RuntimeError: injected fault on rank 1 at step 30")
 
 
