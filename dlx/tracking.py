@@ -28,6 +28,9 @@ from dlx.errors import StoreUnavailable
 from dlx.store import open_client
 
 log = logging.getLogger(__name__)
+# urllib3 says each refused connection to a server that is down (a line every few seconds while the writer's
+# thread tries it); dlx says once that the store is away and once that it is back
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limits
 MAX_PARAM_LENGTH = 6000

@@ -179,6 +179,10 @@ def test_a_run_that_gave_up_on_the_server_sends_everything_when_it_is_back(serve
         srv.stop()
         tracker.set_tags({"during": "gap"})  # waits out the patience, then gives up on the store
         assert tracker.down is not None
+        from dlx.sweep.tracking import ParentRun
+
+        parent = ParentRun(tracker)  # a sweep asks for its trials' runs: it goes on without them, no traceback
+        assert parent.child(0) is None and parent.children() == {}
         note = tmp_path / "note.txt"
         note.write_text("written while the server was down")
         tracker.log_artifact(note, "notes")
