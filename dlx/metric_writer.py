@@ -5,8 +5,9 @@ then written by the training process itself in one `log_batch`, at most every WR
 when the run syncs or closes. One `log_batch` to SQLite is ~10 ms of Python; once a second that is ~1% of
 the run. The write runs in a thread of the training process: a store that is locked or slow (MLflow waits up
 to 20 s on a locked SQLite file) then waits there, and the GIL is free while it waits. Nothing is forked from
-a process that torch, MLflow or a sweep worker made multi-threaded, and no MLflow internals are touched. What was written is acknowledged in the spool; what a failing store did not take stays there and
-is replayed later (dlx.spool.replay).
+a process that torch, MLflow or a sweep worker made multi-threaded, and no MLflow internals are touched. What was written is acknowledged in the spool; what a failing store did not take stays there, is
+written by this thread once the store answers again (a server restarted mid-run), or else replayed later
+(dlx.spool.replay).
 """
 
 from __future__ import annotations
