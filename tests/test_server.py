@@ -16,7 +16,7 @@ from mlflow_servers import EPOCH_KEYS, Server, assert_complete, free_port, point
 
 from dlx import spool
 
-EPOCHS = 3
+EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
