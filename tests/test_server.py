@@ -209,3 +209,35 @@ def test_a_run_that_gave_up_on_the_server_sends_everything_when_it_is_back(serve
     finally:
         if srv.proc.poll() is not None:  # the module's server serves the tests after this one
             srv.start()
+
+
+@pytest.mark.slow  # ~40 s: the server stops and starts again
+def test_the_end_of_a_run_that_gave_up_waits_for_the_server_once_more(server, tmp_path, monkeypatch):
+    """A run that gave up on the server mid-run and ends while it restarts: the end waits up to the patience
+    again, and everything reaches the server (no spool, FINISHED)."""
+    import threading
+
+    from dlx.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DLX_STORE_PATIENCE", "1")
+    try:
+        tracker = Tracker(uri=server.uri, experiment="end", spool_dir=tmp_path / "run")
+        run_id = tracker.start(run_name="end", tags={})
+        server.stop()
+        tracker.log_params({"p": 1})  # waits out the patience, then gives up on the store
+        tracker.log_metrics({"loss": 1.0}, step=1)
+        assert tracker.down is not None
+        tracker.patience = 180.0  # what DLX_STORE_PATIENCE=180 gives: long enough for the restart
+        restart = threading.Thread(target=server.start)
+        restart.start()
+        tracker.end("FINISHED")
+        restart.join()
+        c = client(server.uri)
+        run = c.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.params["p"] == "1"
+        assert points(c, run_id, ["loss"]) == {("loss", 1): 1}
+        assert not list(tmp_path.rglob(f"*{spool.SUFFIX}"))
+    finally:
+        if server.proc.poll() is not None:
+            server.start()
