@@ -250,3 +250,32 @@ def test_a_sweep_runs_ddp_trials(workdir):
     assert trial.info.status == "FINISHED" and trial.data.params["trainer.devices"] == "2"
     # a quiet trial's table goes to its log (and the console only as a log line), as one process's does
     assert len(runs) == 2 and not [ln for ln in proc.stdout.splitlines() if ln.startswith("dlx train: FINISHED")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("numbering", ["c10d", "static"])
+def test_two_nodes_meet_at_the_rendezvous_endpoint(workdir, numbering):
+    """Two `dlx train` commands on this host play two nodes of one rank each: one run, from rank 0's node."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["trainer.nodes=2", "trainer.devices=1", "trainer.device=cpu", f"trainer.rdzv_endpoint=127.0.0.1:{port}",
+            *QUICK]
+    nodes = []
+    for node in range(2):
+        here = workdir / f"node{node}"
+        here.mkdir()
+        numbered = [f"trainer.node_rank={node}"] if numbering == "static" else []
+        nodes.append(subprocess.Popen([sys.executable, "-m", "dlx", "train", *args, *numbered,
+                                       f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}"], cwd=here, env=dlx_env(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        time.sleep(3)  # the first opens the store alone (its schema migration is not safe to race)
+    outs = [p.communicate(timeout=240) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.params["trainer.nodes"] == "2"
