@@ -72,18 +72,6 @@ def working_directory(path: Path):
         os.chdir(previous)
 
 
-def overrides_for(model: str, epochs: int, store: Path, run_name: str) -> list[str]:
-    return [
-        f"model={model}",
-        f"trainer.epochs={epochs}",
-        "trainer.progress=plain",
-        f"tracking.uri='sqlite:///{store / 'mlflow.db'}'",
-        f"tracking.artifact_location='{(store / 'artifacts').as_uri()}'",
-        "tracking.experiment=overhead",
-        f"tracking.run_name={run_name}",
-    ]
-
-
 def resolved_config(overrides: list[str]) -> dict:
     from omegaconf import OmegaConf
 
@@ -93,29 +81,40 @@ def resolved_config(overrides: list[str]) -> dict:
 
 
 def run_dlx(model: str, epochs: int, store: Path, run_name: str) -> tuple[list[float], float]:
-    """One `dlx train` run; (epoch_time per epoch, mean wall seconds per epoch after the first) from MLflow."""
+    """One `dlx train` run of `model`; (epoch_time per epoch, mean wall seconds per epoch after the first)."""
+    return dlx_run([f"model={model}", f"trainer.epochs={epochs}", "trainer.progress=plain"], store, run_name,
+                   "overhead")
+
+
+def dlx_run(args: list[str], store: Path, run_name: str, experiment: str, *,
+            step_metrics: bool = True) -> tuple[list[float], float]:
+    """One `dlx train` run of the overrides `args`, tracked in an SQLite store under `store`; (epoch_time per
+    epoch, mean wall seconds per epoch after the first), read back from MLflow, which also proves that the
+    metrics arrived (the per-step ones too, with `step_metrics`, for runs of at least one log window)."""
     from mlflow import MlflowClient
 
     from dlx.compose import compose
     from dlx.run import train
 
-    cfg = compose(overrides_for(model, epochs, store, run_name))
+    cfg = compose([*args, f"tracking.uri='sqlite:///{store / 'mlflow.db'}'",
+                   f"tracking.artifact_location='{(store / 'artifacts').as_uri()}'",
+                   f"tracking.experiment={experiment}", f"tracking.run_name={run_name}"])
     # dlx.run.train is what `dlx train` calls once Hydra has composed the config; outside Hydra it keeps
     # its run directory under ./outputs, here inside the temporary store
     with working_directory(store), contextlib.redirect_stdout(io.StringIO()):
         train(cfg)
 
+    epochs = cfg.trainer.epochs
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'")
+    found = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'")
     if len(runs) != 1 or runs[0].info.status != "FINISHED":
         raise RuntimeError(f"dlx run {run_name}: expected one FINISHED run, found {[r.info.status for r in runs]}")
     run_id = runs[0].info.run_id
     history = sorted(client.get_metric_history(run_id, "epoch_time"), key=lambda m: m.step)
     if [m.step for m in history] != list(range(1, epochs + 1)):
         raise RuntimeError(f"dlx run {run_name}: epoch_time logged for steps {[m.step for m in history]}")
-    step_points = client.get_metric_history(run_id, "train/loss_step")
-    if not step_points:
+    if step_metrics and not client.get_metric_history(run_id, "train/loss_step"):
         raise RuntimeError(f"dlx run {run_name}: no per-step metrics in the store")
     wall = (history[-1].timestamp - history[0].timestamp) / 1000 / (epochs - 1)
     return [m.value for m in history], wall
@@ -151,6 +150,7 @@ def hand_loop(cfg: dict, same_kernel: bool, loss_fn) -> tuple[list[float], float
     epochs, batch_size = cfg["trainer"]["epochs"], cfg["trainer"]["batch_size"]
     x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
     n = len(x_train)
+    amp = hand_autocast(cfg, device)
 
     times, ends = [], []
     for _ in range(epochs):
@@ -159,12 +159,13 @@ def hand_loop(cfg: dict, same_kernel: bool, loss_fn) -> tuple[list[float], float
         perm = torch.randperm(n, device=device)
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
-            loss = loss_fn(net(x_train[idx]), y_train[idx])
+            with amp:
+                loss = loss_fn(net(x_train[idx]), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), amp:
             logits = net(x_val)
             val_loss = loss_fn(logits, y_val).item()
             val_acc = (logits.argmax(-1) == y_val).float().mean().item()
@@ -177,6 +178,19 @@ def hand_loop(cfg: dict, same_kernel: bool, loss_fn) -> tuple[list[float], float
         raise RuntimeError(f"baseline: bad validation metrics {val_loss}, {val_acc}")
     params = sum(p.numel() for p in net.parameters())
     return times, (ends[-1] - ends[0]) / (epochs - 1), params, -(-n // batch_size), x_train.numel()
+
+
+def hand_autocast(cfg: dict, device):
+    """The mixed precision the config's trainer.amp asks for, as one writes it by hand: bf16 autocast (fp16 would
+    need a gradient scaler, which no benchmark here uses)."""
+    import torch
+
+    amp = cfg["trainer"]["amp"]
+    if amp == "off":
+        return contextlib.nullcontext()
+    if amp != "bf16":
+        raise ValueError(f"the hand-written loop takes trainer.amp=off or bf16, not {amp}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def run_baseline(model: str, epochs: int, same_kernel: bool = False) -> tuple[list[float], float, int, int]:

@@ -21,8 +21,6 @@ is warm-up and dropped; the ratio compares median epoch times (target <= 1.10). 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import statistics
 import sys
@@ -34,11 +32,11 @@ from overhead import (
     BASELINES,
     Comparison,
     common_arguments,
+    dlx_run,
     hand_loop,
     report,
     resolved_config,
     start,
-    working_directory,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,27 +61,8 @@ def overrides(model: str, text: Path, context: int, epochs: int) -> list[str]:
 
 
 def run_dlx(args: list[str], store: Path, run_name: str) -> tuple[list[float], float]:
-    """One `dlx train` run; (epoch_time per epoch, mean wall seconds per epoch after the first) from MLflow."""
-    from mlflow import MlflowClient
-
-    from dlx.compose import compose
-    from dlx.run import train
-
-    cfg = compose([*args, f"tracking.uri='sqlite:///{store / 'mlflow.db'}'",
-                   f"tracking.artifact_location='{(store / 'artifacts').as_uri()}'", "tracking.experiment=sequence",
-                   f"tracking.run_name={run_name}"])
-    with working_directory(store), contextlib.redirect_stdout(io.StringIO()):
-        train(cfg)
-    client = MlflowClient(tracking_uri=cfg.tracking.uri)
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'")
-    if len(runs) != 1 or runs[0].info.status != "FINISHED":
-        raise RuntimeError(f"dlx run {run_name}: expected one FINISHED run, found {[r.info.status for r in runs]}")
-    history = sorted(client.get_metric_history(runs[0].info.run_id, "epoch_time"), key=lambda m: m.step)
-    if len(history) != cfg.trainer.epochs:
-        raise RuntimeError(f"dlx run {run_name}: epoch_time logged for steps {[m.step for m in history]}")
-    wall = (history[-1].timestamp - history[0].timestamp) / 1000 / (len(history) - 1)
-    return [m.value for m in history], wall
+    """One `dlx train` run (overhead.dlx_run); (epoch_time per epoch, mean wall seconds per epoch after the first)."""
+    return dlx_run(args, store, run_name, "sequence", step_metrics=False)  # small --chars: under one log window
 
 
 def run_baseline(args: list[str], same_kernel: bool) -> tuple[list[float], float, int, int, int]:

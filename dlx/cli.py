@@ -26,6 +26,7 @@ commands:
   sample  text from a character language model run: dlx sample <run id> --prompt "..." --temperature 0.8
   runs    list recent MLflow runs with their key params and metrics
   ui      open the MLflow UI on the tracking store (127.0.0.1)
+  server  start an MLflow tracking server for a team (database backend, proxied artifacts), 127.0.0.1
   sync    replay into the store what a run kept in its spool when the store failed: dlx sync [spool or run folder]
 
 Run `dlx <command> --help` for the options of a command."""
@@ -74,8 +75,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"dlx {__version__}")
         return 0
     command, args = argv[0], argv[1:]
-    commands = {"train": cmd_train, "sweep": cmd_sweep, "cv": cmd_cv, "ensemble": cmd_ensemble, "study": cmd_study, "report": cmd_report,
-                "runs": cmd_runs, "ui": cmd_ui, "sync": cmd_sync, "sample": cmd_sample}
+    commands = {"train": cmd_train, "sweep": cmd_sweep, "cv": cmd_cv, "ensemble": cmd_ensemble, "study": cmd_study,
+                "report": cmd_report, "runs": cmd_runs, "ui": cmd_ui, "server": cmd_server, "sync": cmd_sync,
+                "sample": cmd_sample}
     if command not in commands:
         print(f"dlx: unknown command '{command}'; valid: {', '.join(commands)}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -275,6 +277,12 @@ def cmd_sync(args: list[str]) -> int:
     return sync(ns.paths, uri=ns.uri)
 
 
+def cmd_server(args: list[str]) -> int:
+    from dlx.server import server_main
+
+    return server_main(args)
+
+
 def cmd_ui(args: list[str]) -> int:
     import argparse
 
@@ -299,10 +307,10 @@ def cmd_ui(args: list[str]) -> int:
                          auth=ns.auth, allowed_hosts=ns.allowed_hosts)
     except ConfigError as exc:
         return error(str(exc), 2)
-    if ns.auth and not os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
-        import secrets  # the basic-auth app's CSRF key; its workers inherit this one
+    if ns.auth:
+        from dlx.server import ensure_auth_secret
 
-        os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_hex(32)
+        ensure_auth_secret()
     warning = exposure_warning(ns.host, ns.port, ns.auth)
     if warning:
         print(warning, file=sys.stderr, flush=True)

@@ -40,6 +40,11 @@ class ClipType(Enum):
     value = "value"
 
 
+class Strategy(Enum):
+    auto = "auto"  # one process, or DDP when trainer.devices x trainer.nodes > 1
+    ddp = "ddp"  # DistributedDataParallel through torchrun, even with one process
+
+
 # ---------------------------------------------------------------- regularization
 @dataclass
 class EarlyStoppingConfig:
@@ -153,6 +158,13 @@ class TrainerConfig:
     resume: str | None = None
     # objects with the hooks of dlx.engine.Callback, each given as {_target_: ..., options}
     callbacks: list[Any] = field(default_factory=list)
+    # one training over several processes (dlx.distributed): torchrun starts devices x nodes ranks, each with its
+    # share of every batch (trainer.batch_size is the global batch)
+    devices: Annotated[int, Range(ge=1)] = 1  # processes on this node, one device each: gloo on CPU, NCCL on CUDA
+    nodes: Annotated[int, Range(ge=1)] = 1
+    strategy: Strategy = Strategy.auto
+    rdzv_endpoint: str | None = None  # host:port on one of the nodes, where they meet (torchrun --rdzv-endpoint)
+    node_rank: Annotated[int | None, Range(ge=0)] = None  # null: the c10d rendezvous numbers the nodes
 
 
 # ---------------------------------------------------------------- tracking

@@ -170,6 +170,7 @@ class Trainer:
         self.first_loss = None  # the run's first training loss, the divergence guard's reference
         # on CPU reading a scalar is free; on an accelerator it stalls the pipeline, so check per window
         self.check_every = 1 if self.device.type == "cpu" else options.log_every_n_steps
+        self.dist = None  # dlx.distributed.Ranks when this is one rank of a training over several processes
 
     # ------------------------------------------------------------------ state for checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -201,10 +202,12 @@ class Trainer:
             t0 = time.perf_counter()
             with gc_paused():
                 metrics = self.train_epoch(state)
-                if len(self.data.val):
-                    metrics.update(_prefix("val", self.evaluate(self.data.val)))
-                if self.objective is not None:
-                    metrics.update(self.objective.epoch_metrics(self))
+                if len(self.data.val):  # with several ranks: rank 0's, so that every rank decides alike
+                    val = self.dist.from_lead(self.evaluate, self.data.val) if self.dist else self.evaluate(self.data.val)
+                    metrics.update(_prefix("val", val))
+                if self.objective is not None:  # the collapse monitor of a self-supervised objective, likewise
+                    metrics.update(self.dist.from_lead(self.objective.epoch_metrics, self) if self.dist
+                                   else self.objective.epoch_metrics(self))
             state.epoch += 1
             if self.schedule.monitor is not None:
                 self.schedule.step_epoch(state.epoch, metrics.get(self.schedule.monitor))
@@ -229,9 +232,11 @@ class Trainer:
         return True
 
     def train_epoch(self, state: TrainState) -> dict[str, float]:
-        opt, data, model = self.opt, self.data, self.forward
+        opt, data, model = self.opt, self.data, self.forward if self.dist is None else self.dist.forward
         self.model.train()
         perm = data.train.permutation()  # torch's global generator, as every RNG state is in a checkpoint
+        if self.dist is not None:  # every rank drew the same one: each takes its share
+            perm = self.dist.shard(perm)
         # On CPU the step's loss is read as a Python number (that read is the finiteness check) and the
         # sums stay Python floats: cheaper than a handful of tiny tensor ops per step. On an accelerator
         # the sums stay on the device and are read once per log window.
@@ -282,9 +287,12 @@ class Trainer:
             if state.step % opt.log_every_n_steps == 0:
                 if not on_host and bad.item():
                     raise NonFiniteLoss(state.epoch + 1, win_start + 1, state.step)
+                win_correct, win_counted = _hits(window, on_host, self.task)
+                if self.dist is not None:  # the window over every rank's share
+                    win_loss, win_seen, win_correct, win_counted = self.dist.sum(win_loss, win_seen, win_correct,
+                                                                                 win_counted)
                 win_mean = float(win_loss) / win_seen
                 self._check_divergence(win_mean, state.epoch + 1, win_start + 1, state.step)
-                win_correct, win_counted = _hits(window, on_host, self.task)
                 metrics = {"train/loss_step": win_mean, "lr": self.schedule.lr}
                 if counts:
                     metrics["train/acc_step"] = float(win_correct) / max(1, win_counted)
@@ -295,9 +303,11 @@ class Trainer:
                 win_loss, win_seen, win_start, window = zero(), 0, state.step, []
         if not on_host and bad.item():
             raise NonFiniteLoss(state.epoch + 1, win_start + 1, state.step)
+        win_correct, win_counted = _hits(window, on_host, self.task)
+        if self.dist is not None:
+            win_loss, win_seen, win_correct, win_counted = self.dist.sum(win_loss, win_seen, win_correct, win_counted)
         if win_seen:
             self._check_divergence(float(win_loss) / win_seen, state.epoch + 1, win_start + 1, state.step)
-        win_correct, win_counted = _hits(window, on_host, self.task)
         loss_sum, correct, seen = loss_sum + win_loss, correct + win_correct, seen + win_seen
         counted += win_counted
         out = {"train/loss": float(loss_sum) / seen, "lr": self.schedule.lr}

@@ -5,8 +5,9 @@ then written by the training process itself in one `log_batch`, at most every WR
 when the run syncs or closes. One `log_batch` to SQLite is ~10 ms of Python; once a second that is ~1% of
 the run. The write runs in a thread of the training process: a store that is locked or slow (MLflow waits up
 to 20 s on a locked SQLite file) then waits there, and the GIL is free while it waits. Nothing is forked from
-a process that torch, MLflow or a sweep worker made multi-threaded, and no MLflow internals are touched. What was written is acknowledged in the spool; what a failing store did not take stays there and
-is replayed later (dlx.spool.replay).
+a process that torch, MLflow or a sweep worker made multi-threaded, and no MLflow internals are touched. What was written is acknowledged in the spool; what a failing store did not take stays there, is
+written by this thread once the store answers again (a server restarted mid-run), or else replayed later
+(dlx.spool.replay).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 WRITE_INTERVAL_S = 1.0  # points reach the store at most this often while training, and at once on sync/close
 MAX_BACKOFF_S = 60.0  # after a failed write the next try waits 2, 4, ... up to this many seconds
+# once the run has given up on the store (`pause`) the thread still tries every this many seconds, quietly, so a
+# server that comes back mid-run gets the rest of the run: a refused connection costs milliseconds, a hung
+# server MLflow's HTTP timeout, in this thread
+PROBE_INTERVAL_S = 5.0
 
 
 def write_points(client, run_id: str, points: list, *, dedupe: bool = False) -> int:
@@ -49,7 +54,7 @@ class MetricWriter:
         self.pending: list = []  # journaled, not yet in the store, oldest first
         self.pending_seq = 0  # the spool's number of the newest batch in `pending`
         self.error: BaseException | None = None  # the last failed write, until one succeeds
-        self.paused = False  # the store is given up on for this run: journal only
+        self.paused = False  # the run gave up on the store: journal, and try quietly every PROBE_INTERVAL_S
         self._doubtful = False  # a failed write may have reached the store: dedupe the next one
         self._next_write = 0.0
         self._backoff = 0.0
@@ -71,7 +76,7 @@ class MetricWriter:
             with self._cond:
                 while not self._stopped:
                     wait = self._next_write - time.monotonic()
-                    if self.pending and not self._writing and not self.paused and wait <= 0:
+                    if self.pending and not self._writing and wait <= 0:
                         break
                     self._cond.wait(timeout=wait if self.pending and wait > 0 else None)
                 if self._stopped:
@@ -100,6 +105,13 @@ class MetricWriter:
                 del self.pending[:len(batch)]
                 self.error, self._doubtful, self._backoff = None, False, 0.0
                 self._next_write = time.monotonic() + self.interval
+                if self.paused:
+                    self.paused = False
+                    log.warning("the tracking store answers again: %d metric points of run %s written",
+                                len(batch), self.run_id)
+            elif self.paused:
+                self.error, self._doubtful = error, True
+                self._next_write = time.monotonic() + PROBE_INTERVAL_S
             else:
                 self.error, self._doubtful = error, True
                 self._backoff = min(max(2 * self._backoff, 2.0), MAX_BACKOFF_S)
@@ -125,8 +137,15 @@ class MetricWriter:
                 raise self.error
 
     def pause(self) -> None:
+        """The run gave up on the store: from now on try it only every PROBE_INTERVAL_S, quietly."""
         with self._cond:
             self.paused = True
+            self._next_write = time.monotonic() + PROBE_INTERVAL_S
+            self._cond.notify_all()
+
+    def unpause(self) -> None:
+        with self._cond:
+            self.paused = False
             self._cond.notify_all()
 
     def close(self) -> None:

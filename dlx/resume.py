@@ -23,7 +23,10 @@ log = logging.getLogger("dlx")
 
 # the keys a resumed run may change, each with everything below it; the rest is the configuration the
 # run started with
-RESUME_MUTABLE = ("trainer.epochs", "trainer.device", "trainer.progress", "trainer.resume", "tracking")
+# the processes a run trains on may change too: with trainer.batch_size the global batch and each rank taking
+# every world-th sample of the same order, 1, 2 or 4 ranks step through the same batches (dlx.distributed)
+RESUME_MUTABLE = ("trainer.epochs", "trainer.device", "trainer.progress", "trainer.resume", "tracking",
+                  "trainer.devices", "trainer.nodes", "trainer.strategy", "trainer.rdzv_endpoint", "trainer.node_rank")
 MAX_CHANGES_SHOWN = 6  # a changed group lists many keys: the message names this many, then counts
 _ABSENT = object()
 

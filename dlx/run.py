@@ -118,6 +118,11 @@ def train(cfg: DictConfig, command: list[str] | None = None, *, checked: bool = 
     checkpoint = None
     if resolved["trainer"]["resume"]:  # the file, its run and its configuration checked, or exit 2
         resolved, checkpoint = prepare_resume(resolved, overrides, run_dir, composed)
+    from dlx import distributed
+
+    if distributed.wanted(resolved["trainer"]) and not distributed.joined():  # torchrun starts the ranks
+        return distributed.launch(resolved, run_dir=run_dir, overrides=overrides, choices=choices,
+                                  checkpoint=checkpoint, command=list(command or sys.argv))
     return _train(resolved, run_dir=run_dir, overrides=overrides, choices=choices, checkpoint=checkpoint,
                   command=list(command or sys.argv))
 
@@ -126,12 +131,14 @@ def _train(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, che
            command: list[str]) -> dict:
     from dlx.build import build
     from dlx.data import DatasetError
+    from dlx.distributed import attach
 
     try:
         built = build(cfg)
+        attach(built.trainer)  # rank 0 of several (dlx.distributed); nothing in one process
     except (DatasetError, ValueError) as exc:  # bad combinations or components found while building: no run yet
         raise RunError(str(exc), 2) from None
-    tracker = _open_tracker(cfg["tracking"])
+    tracker = _open_tracker(cfg["tracking"], run_dir)
     with sigterm_as_interrupt():
         return _track(cfg, built, tracker, run_dir=run_dir, overrides=overrides, choices=choices,
                       checkpoint=checkpoint, command=command)
@@ -227,14 +234,14 @@ def _write_pending(checkpoints) -> None:
         log.error("could not write the last checkpoint: %s", exc)
 
 
-def _open_tracker(tcfg: dict):
+def _open_tracker(tcfg: dict, run_dir: Path):
     from dlx.tracking import NullTracker, StoreUnavailable, Tracker
 
     if not tcfg["enabled"]:
         return NullTracker()
     try:  # the spool sits in the run's folder, beside its log
         return Tracker(uri=tcfg["uri"], experiment=tcfg["experiment"], artifact_location=tcfg["artifact_location"],
-                       spool_dir=hydra_runtime()[0])
+                       spool_dir=run_dir)
     except StoreUnavailable as exc:
         raise RunError(f"error: {exc}", 1) from None
 

@@ -85,18 +85,7 @@ def ui_command(*, uri: str | None, host: str, port: int, workers: int = 1, expos
     needs the Flask-WTF package and a static secret key (MLFLOW_FLASK_SERVER_SECRET_KEY).
     One server worker: MLflow's default of 4 took 36-47 s to answer on 2 cores, one about 12 s.
     """
-    from dlx.config import ConfigError
-
-    if not is_loopback(host) and not expose:
-        raise ConfigError(f"--host {host}: serving the store beyond this machine needs --expose (whoever reaches "
-                          f"the port can read and change every run; --auth adds MLflow's login): allowed without "
-                          f"--expose: {', '.join(LOOPBACK_HOSTS)}")
-    if auth:
-        from importlib.util import find_spec
-
-        if find_spec("flask_wtf") is None:
-            raise ConfigError("--auth: MLflow's basic-auth app needs the Flask-WTF package, which is not "
-                              "installed: pip install 'mlflow[auth]'")
+    check_serving(host, expose, auth)
     uri, artifacts = resolve_uri(uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", str(workers)]
@@ -109,13 +98,30 @@ def ui_command(*, uri: str | None, host: str, port: int, workers: int = 1, expos
     return cmd
 
 
-def exposure_warning(host: str, port: int, auth: bool) -> str | None:
-    """What `dlx ui` says before serving beyond loopback; None on loopback."""
+def check_serving(host: str, expose: bool, auth: bool) -> None:
+    """Raise ConfigError for a host beyond loopback without `expose`, or `auth` without what it needs (`dlx ui`
+    and `dlx server`)."""
+    from dlx.config import ConfigError
+
+    if not is_loopback(host) and not expose:
+        raise ConfigError(f"--host {host}: serving the store beyond this machine needs --expose (whoever reaches "
+                          f"the port can read and change every run; --auth adds MLflow's login): allowed without "
+                          f"--expose: {', '.join(LOOPBACK_HOSTS)}")
+    if auth:
+        from importlib.util import find_spec
+
+        if find_spec("flask_wtf") is None:
+            raise ConfigError("--auth: MLflow's basic-auth app needs the Flask-WTF package, which is not "
+                              "installed: pip install 'mlflow[auth]'")
+
+
+def exposure_warning(host: str, port: int, auth: bool, prog: str = "dlx ui") -> str | None:
+    """What `dlx ui` or `dlx server` says before serving beyond loopback; None on loopback."""
     if is_loopback(host):
         return None
     if auth:
-        return (f"dlx ui: warning: serving the store to the network on {host}:{port}, behind MLflow's basic-auth "
+        return (f"{prog}: warning: serving the store to the network on {host}:{port}, behind MLflow's basic-auth "
                 f"login (first start: set MLFLOW_AUTH_ADMIN_PASSWORD)")
-    return (f"dlx ui: warning: serving the store to the network on {host}:{port} WITHOUT a login: whoever reaches "
+    return (f"{prog}: warning: serving the store to the network on {host}:{port} WITHOUT a login: whoever reaches "
             f"it can read, tag and delete every run (add --auth for MLflow's basic-auth login, --allowed-hosts to "
             f"limit the Host names it answers)")

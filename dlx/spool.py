@@ -12,7 +12,8 @@ run that is still training; the kernel drops the lock when the owner dies, SIGKI
 
 Lines: {"h": {"uri", "run_id"}} once, then {"m": [[key, value, timestamp ms, step], ...], "n": seq},
 {"a": seq} (batches up to seq are in the store), {"t": tags}, {"p": params}, {"f": [path, artifact_path]},
-{"s": status}.
+{"s": status}, {"c": n} (the tags, params and artifacts recorded before it reached the store when it came back
+mid-run).
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def read(path: Path) -> dict:
                 out["artifacts"].append(rec["f"])
             elif "s" in rec:
                 out["status"] = rec["s"]
+            elif "c" in rec:
+                out["tags"], out["params"], out["artifacts"] = {}, {}, []
     out["points"] = [p for n in sorted(batches) if n > acked for p in batches[n]]
     return out
 

@@ -105,17 +105,20 @@ def probe(tracking, timeout: float = PROBE_TIMEOUT_S) -> None:
         return
     key, uri = tracking_address(tracking)
     scheme = urlparse(uri).scheme.lower().split("+")[0]
-    problem = None
-    if scheme == "sqlite":
-        problem = _sqlite_problem(Path(uri[len("sqlite:///"):]))
-    elif scheme in ("http", "https"):
-        problem = _http_problem(uri, timeout)
-    elif scheme in _DB_PORTS:
-        parsed = urlparse(uri)
-        if parsed.hostname:  # else a local socket, which the driver finds
-            problem = _tcp_problem(parsed.hostname, parsed.port or _DB_PORTS[scheme], timeout)
+    problem = _http_problem(uri, timeout) if scheme in ("http", "https") else probe_backend(uri, timeout)
     if problem:
         raise ConfigError(f"{key}={redact_text(uri)!r}: {problem}")
+
+
+def probe_backend(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """What keeps a database address (sqlite, postgresql, mysql, mssql) from being opened, else None."""
+    scheme = urlparse(uri).scheme.lower().split("+")[0]
+    if scheme == "sqlite":
+        return _sqlite_problem(Path(uri[len("sqlite:///"):].split("?")[0]))
+    parsed = urlparse(uri)
+    if scheme in _DB_PORTS and parsed.hostname:  # else a local socket, which the driver finds
+        return _tcp_problem(parsed.hostname, parsed.port or _DB_PORTS[scheme], timeout)
+    return None
 
 
 def _sqlite_problem(db: Path) -> str | None:
@@ -123,15 +126,21 @@ def _sqlite_problem(db: Path) -> str | None:
         return "is a directory: allowed sqlite:///PATH of a file"
     if db.exists():
         return None if os.access(db, os.R_OK | os.W_OK) else "the database file is not readable and writable"
-    existing = db.absolute().parent
+    problem = creatable(db.absolute().parent)
+    return f"cannot create the database's directory: {problem}" if problem else None
+
+
+def creatable(folder: Path) -> str | None:
+    """Whether `folder` exists or can be made, tried without leaving anything behind; None when it can."""
+    existing = folder.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        return f"cannot create the database's directory: {existing} is not a directory"
+        return f"{existing} is not a directory"
     try:  # os.access says yes to root on read-only or virtual file systems such as /proc: try it
         os.rmdir(tempfile.mkdtemp(prefix=".dlx-probe-", dir=existing))
     except OSError as exc:
-        return f"cannot create the database's directory under {existing}: {exc.strerror or exc}"
+        return f"nothing can be made under {existing} ({exc.strerror or exc})"
     return None
 
 
@@ -155,7 +164,7 @@ def _http_problem(uri: str, timeout: float) -> str | None:
         reason = exc
     what = f"no answer within {timeout:g} s" if isinstance(reason, (TimeoutError, socket.timeout)) else \
         getattr(reason, "strerror", None) or str(reason)
-    return (f"no MLflow server answers there ({what}); start one (mlflow server --host HOST --port PORT) or "
+    return (f"no MLflow server answers there ({what}); start one (dlx server --port PORT) or "
             "choose another tracking.uri")
 
 

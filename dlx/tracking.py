@@ -4,7 +4,9 @@ Metric points are buffered in memory and handed, at least once per epoch and on 
 writer of dlx.metric_writer, which journals them in the run's spool (dlx.spool) and writes them to the store.
 Every call to the store waits out a store that is busy or down for up to the patience (DLX_STORE_PATIENCE,
 STORE_PATIENCE_S by default); after that the run goes on and what the store did not take stays in the
-spool, to be replayed the next time dlx opens that store or by `dlx sync`.
+spool. The writer's thread keeps trying the store meanwhile: when it answers again (a server restarted
+mid-run) the rest of the run goes to it, what was deferred first; the store gets one more patience at the
+end of the run, and what it still did not take is replayed the next time dlx opens that store or by `dlx sync`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from dlx.errors import StoreUnavailable
 from dlx.store import open_client
 
 log = logging.getLogger(__name__)
+# urllib3 says each refused connection to a server that is down (a line every few seconds while the writer's
+# thread tries it); dlx says once that the store is away and once that it is back
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limits
 MAX_PARAM_LENGTH = 6000
@@ -162,6 +167,7 @@ class Tracker:
         self._writer = None  # dlx.metric_writer's, once a run is attached
         self._spool = None
         self.down: BaseException | None = None  # what the store answered when it ran out of patience
+        self._deferred: list = []  # the calls the store did not take while down, in order (also in the spool)
 
     def start(self, *, run_name: str | None, tags: dict[str, str], parent_run_id: str | None = None) -> str:
         from dlx.redact import redact, redact_text
@@ -219,8 +225,9 @@ class Tracker:
 
     def _attempt(self, call) -> bool:
         """call() with patience; on a store that stays unavailable mark it down and return False (the caller
-        spools what it had); once down, the rest of the run goes to the spool without waiting again."""
-        if self.down is not None:
+        spools what it had); while down, calls go to the spool without waiting, until the store answers the
+        writer's thread again (`_recover`)."""
+        if self.down is not None and not self._recover():
             return False
         try:
             patiently(call, self.patience)
@@ -231,9 +238,46 @@ class Tracker:
             self.down = exc
             if self._writer is not None:
                 self._writer.pause()
-            log.error("the tracking store did not answer within %g s (%s); the rest of run %s is kept in %s",
-                      self.patience, str(exc).splitlines()[0][:300], self.run_id, self.spool_path)
+            log.error("the tracking store did not answer within %g s (%s); run %s goes on, keeping what the store "
+                      "does not take in %s, and sends it when the store answers again", self.patience,
+                      str(exc).splitlines()[0][:300], self.run_id, self.spool_path)
             return False
+
+    def _send(self, kind: str, payload, call) -> None:
+        """call() to the store; what it does not take is recorded in the spool and sent once it is back."""
+        if not self._attempt(call):
+            self._spool.record(kind, payload)
+            self._deferred.append(call)
+
+    def _recover(self) -> bool:
+        """Whether a store given up on answers again (the writer's thread wrote to it); if so, send what was
+        deferred meanwhile, in order, and note in the spool that it is in the store."""
+        if self._writer is None or self._writer.paused:
+            return False
+        self.down = None
+        deferred, self._deferred = self._deferred, []
+        for i, call in enumerate(deferred):
+            if not self._attempt(call):  # down again: the rest waits for the next time
+                self._deferred = deferred[i:]
+                return False
+        if deferred:
+            self._spool.record("c", len(deferred))
+            log.warning("the tracking store answers again: %d deferred calls of run %s sent", len(deferred),
+                        self.run_id)
+        return True
+
+    def _last_chance(self) -> None:
+        """A store given up on gets one more patience before the run ends: a server restarted meanwhile."""
+        def probe():
+            self._writer.sync_once()
+            self.client.get_run(self.run_id)  # an answer, even with no point pending
+
+        try:
+            patiently(probe, self.patience)
+        except Exception as exc:  # noqa: BLE001 - not back (or not usable): the run ends with the spool
+            self.down = exc
+            return
+        self._writer.unpause()
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params, secrets masked (dlx.redact): this and set_tags are where anything of the run's
@@ -246,8 +290,8 @@ class Tracker:
         items = [Param(k, v) for k, v in values.items()]
         for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
             chunk = items[start:start + MAX_PARAMS_PER_BATCH]
-            if not self._attempt(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk)):
-                self._spool.record("p", {p.key: p.value for p in chunk})
+            self._send("p", {p.key: p.value for p in chunk},
+                       lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -256,8 +300,7 @@ class Tracker:
 
         values = {k: tag_value(v) for k, v in redact(dict(tags)).items()}
         items = [RunTag(k, v) for k, v in values.items()]
-        if not self._attempt(lambda: self.client.log_batch(self.run_id, tags=items)):
-            self._spool.record("t", values)
+        self._send("t", values, lambda: self.client.log_batch(self.run_id, tags=items))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffer the points as (key, value, timestamp ms, step); they reach the store at the next `flush`."""
@@ -272,19 +315,22 @@ class Tracker:
         if self._buffer:
             self._writer.put(self._buffer)
             self._buffer = []
+        if self.down is not None:
+            self._recover()
         if wait:
             self._attempt(self._writer.sync_once)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         path = str(Path(path).resolve())
-        if not self._attempt(lambda: self.client.log_artifact(self.run_id, path, artifact_path)):
-            self._spool.record("f", [path, artifact_path])
+        self._send("f", [path, artifact_path], lambda: self.client.log_artifact(self.run_id, path, artifact_path))
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         """Drain every buffered point, tag the error if any, then close the run with `status`. When the store
         does not take all of it within the patience, keep the rest in the spool and raise StoreUnavailable."""
         if self._writer is None:
             return
+        if self.down is not None:
+            self._last_chance()
         self.flush(wait=True)
         if error:
             self.set_tags({"dlx.error": error})

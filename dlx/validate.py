@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlx.components import problems as component_problems
 from dlx.config import Config, ConfigError
+from dlx.distributed import problems as ddp_problems
 from dlx.options import problems as option_problems
 from dlx.options import spec
 from dlx.store_check import problems as store_problems
@@ -99,6 +100,7 @@ def validate(cfg: DictConfig) -> None:
         problems += label_smoothing_problems(plain["loss"]["_target_"], loss, plain["regularization"]["label_smoothing"])
     problems += _device_problems(cfg)
     problems += _batch_norm_problems(cfg)
+    problems += ddp_problems(cfg)  # trainer.devices, nodes and the rendezvous (dlx.distributed)
     problems += store_problems(cfg.tracking) if "tracking" in cfg else []  # address and experiment name
     problems = list(dict.fromkeys(problems))  # a range two checks read (a dataclass's and EDA's own) tells once
     if problems:

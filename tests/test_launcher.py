@@ -1,11 +1,11 @@
 """The sweep launchers: hydra/launcher=dlx_local in this process (n_jobs=1) and on a worker pool
-(n_jobs>1); submitit's local executor and a local Ray where their plugins are installed.
+(n_jobs>1); submitit's local executor (hydra/launcher=slurm_local, the slurm launcher's code path).
 
 Launcher-level checks call the Launcher directly from a small Hydra app (this file, run as a script:
 `python tests/test_launcher.py SPEC.json`), the way Hydra's sweepers do, with dlx's real conf/, the
 real trial task and a real MLflow store in a temporary directory, so each JobReturn can be inspected.
 The app prints one line per trial: RESULT {"idx": ..., "status": ..., "value": ..., "error": ...}.
-The SIGTERM, submitit and Ray checks run the real `dlx sweep`.
+The SIGTERM and submitit checks run the real `dlx sweep`.
 """
 
 from __future__ import annotations
@@ -190,12 +190,14 @@ def test_sequential_trials_share_one_process_and_a_failure_does_not_stop_the_swe
 
 
 # ---------------------------------------------------------------------------------------------- the pool
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
 def test_pool_runs_trials_on_two_worker_processes_in_order(workdir, method):
-    """Workers forked from the zygote (Linux's default) or spawned (DLX_WORKER_START=spawn) alike."""
+    """Workers from the forkserver (the default) or spawned (DLX_WORKER_START=spawn) alike. Two visible
+    CUDA devices (named only: torch here has no CUDA, the trials train on the CPU): each worker gets its
+    own in CUDA_VISIBLE_DEVICES, and its trials' runs say which."""
     trials = [[*TRIAL, "seed=0"], [*TRIAL, "trainer.resume=missing.pt"], [*TRIAL, "seed=1"], [*TRIAL, "seed=2"]]
     results, text = run_app(workdir, ["hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"], trials,
-                            env={"DLX_WORKER_START": method})
+                            env={"DLX_WORKER_START": method, "CUDA_VISIBLE_DEVICES": "0,1"})
 
     assert [r["overrides"] for r in results] == trials  # JobReturns in the order of the overrides
     assert [r["status"] for r in results] == ["COMPLETED", "FAILED", "COMPLETED", "COMPLETED"], text[-3000:]
@@ -203,88 +205,60 @@ def test_pool_runs_trials_on_two_worker_processes_in_order(workdir, method):
     pids = trial_pids(text)
     assert sorted(pids) == [0, 1, 2, 3]
     assert len(set(pids.values())) == 2, pids
-    assert {r.info.status for r in runs_by_trial(workdir).values()} == {"FINISHED"}
+    runs = runs_by_trial(workdir)
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    devices = {pids[i]: r.data.tags["gpus"] for i, r in runs.items()}  # worker -> its device
+    assert sorted(devices.values()) == ["0", "1"] and len(devices) == 2, devices
     assert all(not alive(pid) for pid in pids.values())  # the pool closed with the app
-    assert workers_in(workdir) == []  # and the zygote with it
+    wait_for(lambda: not workers_in(workdir), 30, "the forkserver to end with the app")
 
 
-# ---------------------------------------------------------------------------------------------- the zygote
-@pytest.mark.skipif(sys.platform != "linux", reason="the zygote forks workers on Linux only")
-def test_the_zygote_forks_workers_single_threaded_and_reports_how_each_ended(tmp_path, monkeypatch):
-    from dlx.sweep.start import Forked, Zygote
+PROBE = """
+import json, os, sys, time
+from pathlib import Path
+from dlx.sweep.start import context
 
-    monkeypatch.chdir(tmp_path)
-    zygote = Zygote(threads=1)
-    try:
-        first, first_send, first_recv = zygote.fork(1)
-        second, second_send, second_recv = zygote.fork(1)
-        assert isinstance(first, Forked)
-        second.kill()  # asked before the zygote has its imports, most likely: delivered once forked
-        assert first.forked_pid() is not None and second.forked_pid() not in (None, first.pid)
-        assert zygote.ready and zygote.zygote_threads == 1  # it forks only while it has one thread
-        assert Path(os.readlink(f"/proc/{first.pid}/cwd")) == tmp_path  # the sweep's, at the request
-        assert second.wait(timeout=60) == -signal.SIGKILL
-        assert first.poll() is None
-        with pytest.raises(subprocess.TimeoutExpired):
-            first.wait(timeout=0.2)
-        first_send.close()  # no set-up will come: the worker leaves
-        assert first.wait(timeout=60) == 0
-        with pytest.raises(EOFError):
-            first_recv.recv()
-    finally:
-        for conn in (first_recv, second_send, second_recv):
-            conn.close()
-        zygote.close()
-    assert zygote.proc.returncode == 0
+def status(pid, key):
+    return next(l.split()[1] for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith(key))
 
-
-@pytest.mark.skipif(sys.platform != "linux", reason="the zygote forks workers on Linux only")
-def test_a_pool_stopping_while_its_zygote_imports_does_not_wait_for_it(monkeypatch):
-    """Ctrl-C seconds into a sweep: the zygote still importing is killed, not waited for, and the
-    workers asked of it end at once as never started."""
-    from dlx.sweep.start import WorkerStarter
-
-    monkeypatch.setenv("DLX_WORKER_START", "fork")
-    starter = WorkerStarter(threads=1)
-    zygote = starter.zygote
-    asked, send, recv = starter.start()
-    starter.stop_starting()  # what the pool does first when it stops
-    assert starter.zygote is None and zygote.proc.returncode == -signal.SIGKILL
-    assert asked.wait(timeout=5) == 1 and asked.pid is None
-    send.close()
-    recv.close()
+ctx, out = context(), {}
+first = ctx.Process(target=time.sleep, args=(60,))
+first.start()
+server = int(status(first.pid, "PPid:"))
+out.update(server_threads=len(os.listdir(f"/proc/{server}/task")), server=Path(f"/proc/{server}/cmdline").read_text(),
+           torch_mapped="libtorch_cpu" in Path(f"/proc/{first.pid}/maps").read_text())
+first.kill()
+first.join(30)
+exits = ctx.Process(target=sys.exit, args=(3,))
+exits.start()
+exits.join(30)
+out["exitcodes"] = [first.exitcode, exits.exitcode]
+os.kill(server, 9)  # the out-of-memory killer picks big processes
+while status(server, "State:") != "Z":
+    time.sleep(0.05)
+again = ctx.Process(target=sys.exit, args=(4,))
+again.start()
+out["restarted"] = int(status(again.pid, "PPid:")) != server
+again.join(30)
+out["exitcodes"].append(again.exitcode)
+print("PROBE " + json.dumps(out))
+"""
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="the zygote forks workers on Linux only")
-def test_workers_are_spawned_once_the_zygote_is_gone(monkeypatch):
-    """A zygote that died (the out-of-memory killer picks big processes) costs nothing but the speed-up:
-    a worker asked of it ends with an unknown failure, the next ones start as processes of their own."""
-    from dlx.sweep.start import WorkerStarter, ZygoteGone
-
-    monkeypatch.setenv("DLX_WORKER_START", "fork")
-    starter = WorkerStarter(threads=1)
-    zygote = starter.zygote
-    asked, send, recv = zygote.fork(1)  # queued while the zygote imports
-    zygote.proc.kill()
-    zygote.proc.wait()
-    assert asked.wait(timeout=10) == 1 and asked.pid is None  # never forked: an unknown failure
-    with pytest.raises(EOFError):
-        recv.recv()  # the pool would see the end of its pipe
-    send.close()
-    recv.close()
-    with pytest.raises(ZygoteGone):
-        zygote.fork(1)
-    proc, send, recv = starter.start()
-    try:
-        assert isinstance(proc, subprocess.Popen) and starter.zygote is None
-        cmdline = Path(f"/proc/{proc.pid}/cmdline")  # empty while the process execs
-        wait_for(lambda: b"dlx.sweep.worker" in cmdline.read_bytes(), 10, "the spawned worker's command line")
-    finally:
-        proc.kill()
-        proc.wait()
-        send.close()
-        recv.close()
-        starter.close()
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_workers_fork_from_a_single_threaded_forkserver_that_has_the_imports(tmp_path):
+    """The pool's Process objects come from multiprocessing's forkserver, which imported torch and dlx
+    (dlx.sweep.preload) with one thread; exit codes as Process reports them (-N: signal N); a forkserver
+    that died is started again for the next worker."""
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, env=dlx_env(), capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("PROBE "))[6:])
+    assert "multiprocessing.forkserver" in out["server"] and "dlx.sweep.preload" in out["server"]
+    assert out["server_threads"] == 1, out  # a fork copies only the forking thread
+    assert out["torch_mapped"]  # a worker that ran nothing but time.sleep has torch: the server's import
+    assert out["exitcodes"] == [-signal.SIGKILL, 3, 4] and out["restarted"], out
+    assert "warning" not in proc.stderr
 
 
 def test_a_killed_worker_fails_only_its_trial(workdir):
@@ -379,21 +353,24 @@ def test_launcher_configs_compose():
 
 
 # ---------------------------------------------------------------------------------------------- submitit
-def _submitit_missing() -> str | None:
+def _require_submitit() -> None:
+    """The dev extra installs hydra-submitit-launcher: without it these tests fail instead of skipping,
+    so that CI never passes without running them."""
     import importlib.util
 
-    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
-        return "hydra-submitit-launcher is not installed (pip install 'dlx[slurm]')"
-    return None
+    assert importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None, (
+        "hydra-submitit-launcher is not installed: pip install -e '.[dev]' (or 'dlx[slurm]')")
 
 
-@pytest.mark.skipif(_submitit_missing() is not None, reason=str(_submitit_missing()))
 def test_slurm_launcher_configs_compose():
+    _require_submitit()
     from hydra import compose, initialize_config_dir
 
     from dlx.compose import config_dir
     from dlx.config import register_configs
 
+    shipped = {p.stem for p in (Path(config_dir()) / "hydra" / "launcher").glob("*.yaml")}
+    assert shipped == {"slurm", "slurm_local"}, f"{shipped}: a launcher option needs a test here that runs it"
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
@@ -403,9 +380,13 @@ def test_slurm_launcher_configs_compose():
         assert local.hydra.launcher._target_.endswith("submitit_launcher.LocalLauncher")
 
 
-@pytest.mark.skipif(_submitit_missing() is not None, reason=str(_submitit_missing()))
 def test_sweep_through_submitits_local_executor(workdir):
-    proc = run_dlx(["sweep", "seed=0,1", *TRIAL, "hydra/launcher=slurm_local"], workdir, timeout=240)
+    """The slurm launcher's code path without a cluster: each trial a pickled submitit job run by a fresh
+    interpreter, its result read back from disk; both trials in one batch, which the local executor
+    runs at once."""
+    _require_submitit()
+    proc = run_dlx(["sweep", "seed=0,1", *TRIAL, "hydra/launcher=slurm_local", "hydra.sweeper.batch_size=2"],
+                   workdir, timeout=480)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 ok, 0 failed" in proc.stdout, proc.stdout[-3000:]
     assert "UserWarning" not in proc.stderr  # no option of ours shadows the plugin's own
@@ -416,78 +397,101 @@ def test_sweep_through_submitits_local_executor(workdir):
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent[0].info.run_id}
     assert {r.info.status for r in trials} == {"FINISHED"}
     # each trial ran as a submitit job: its pickled result and logs are in the sweep's .submitit folder
-    assert list((workdir / "outputs" / "sweeps").rglob(".submitit/*/*_result.pkl"))
-
-
-# ---------------------------------------------------------------------------------------------- ray
-def _ray_missing() -> str | None:
-    import importlib.util
-
-    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
-        return "hydra-ray-launcher is not installed (pip install 'dlx[ray]')"
-    return None
-
-
-@pytest.mark.skipif(_ray_missing() is not None, reason=str(_ray_missing()))
-def test_sweep_on_a_local_ray(workdir):
-    proc = run_dlx(["sweep", "seed=0,1", *TRIAL, "hydra/launcher=ray_cluster", "hydra.launcher.ray.init.num_cpus=2",
-                    "hydra.sweeper.batch_size=2"], workdir, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "2 ok, 0 failed" in proc.stdout, proc.stdout[-3000:]
-    trials = [r for r in all_runs(workdir) if "mlflow.parentRunId" in r.data.tags]
-    assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
+    assert len(list((workdir / "outputs" / "sweeps").rglob(".submitit/*/*_result.pkl"))) == 2
 
 
 def workers_in(workdir: Path) -> list[int]:
-    """Pids of live dlx sweep workers (and zygotes) whose working directory is workdir."""
+    """Pids of live sweep workers and their forkserver whose working directory is workdir: the
+    forkserver's command line names dlx's preload, and its workers share it; spawned workers are
+    multiprocessing's."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        dlx_process = any(m in cmdline for m in (b"dlx.sweep.worker", b"dlx.sweep.zygote"))  # forked ones too
+        dlx_process = b"dlx.sweep.preload" in cmdline or b"--multiprocessing-fork" in cmdline
         if dlx_process and Path(cwd) == workdir and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_workers_started_ahead_are_stopped_when_the_sweep_fails_its_checks(workdir):
-    """dlx sweep starts the pool's workers before it checks every trial; a bad trial ends the sweep with
-    exit 2, and the workers started for nothing go with it."""
+def test_the_forkserver_started_ahead_ends_when_the_sweep_fails_its_checks(workdir):
+    """dlx sweep starts the forkserver (and its imports) before it checks every trial; a bad trial ends
+    the sweep with exit 2 at once, and the forkserver ends by itself once its imports are done."""
     from conftest import run_dlx
 
     proc = run_dlx(["sweep", "optimizer=sgd,adamm", "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"], workdir)
     assert proc.returncode == 2 and "adamm" in proc.stderr
-    assert workers_in(workdir) == []
+    wait_for(lambda: not workers_in(workdir), 60, "the forkserver to end")
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_the_command_line_pool_size_starts_workers_ahead(method, monkeypatch):
-    """Forking, `dlx sweep` starts the zygote ahead (one, whatever the pool size); spawning, the workers."""
-    from dlx.sweep import start
-    from dlx.sweep.cli import _start_workers_early
+def test_the_command_line_pool_size_starts_the_forkserver_ahead(monkeypatch):
+    """`dlx sweep` starts the forkserver ahead where the command line asks for the pool, not otherwise."""
+    import multiprocessing.forkserver
 
-    monkeypatch.setenv("DLX_WORKER_START", method)
-    nothing = {"zygote": None, "spawned": []}
-    _start_workers_early(["optimizer=sgd,adam", "hydra.launcher.n_jobs=1"])
-    _start_workers_early(["hydra/launcher=slurm", "hydra.launcher.n_jobs=4"])
-    assert start._AHEAD == nothing  # one job runs in-process; another launcher has its own workers
-    try:
-        _start_workers_early(["optimizer=sgd,adam", "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2",
-                              "hydra.launcher.torch_threads=1"])
-        if method == "fork":
-            procs = [start._AHEAD["zygote"].proc]
-            assert start._AHEAD["spawned"] == []
-        else:
-            procs = [spawned[0] for _, spawned in start._AHEAD["spawned"]]
-            assert len(procs) == 2 and start._AHEAD["zygote"] is None
-            assert start._take_spawned(threads=3) is None  # a pool with other threads starts its own
-        assert all(p.poll() is None for p in procs)
-    finally:
-        start.discard_prespawned()
-    assert all(p.returncode is not None for p in procs) and start._AHEAD == nothing
+    from dlx.sweep import cli
+
+    started = []
+    monkeypatch.setattr(multiprocessing.forkserver, "ensure_running", lambda: started.append(True))
+    cli._start_workers_early(["optimizer=sgd,adam", "hydra.launcher.n_jobs=1"])
+    cli._start_workers_early(["hydra/launcher=slurm", "hydra.launcher.n_jobs=4"])
+    assert started == []  # one job runs in-process; another launcher has its own workers
+    cli._start_workers_early(["optimizer=sgd,adam", "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"])
+    assert started == [True]
+    monkeypatch.setenv("DLX_WORKER_START", "spawn")
+    cli._start_workers_early(["optimizer=sgd,adam", "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"])
+    assert started == [True]  # spawned workers import for themselves: nothing to start ahead
+
+
+# ---------------------------------------------------------------------------------------------- devices
+@pytest.mark.parametrize("devices, worker, per_trial, expected", [
+    (["0", "1"], 0, None, ["0"]), (["0", "1"], 1, None, ["1"]), (["0", "1"], 2, None, ["0"]),  # round-robin
+    (["0"], 3, None, ["0"]),  # workers share the one GPU
+    ([], 1, None, None),  # no CUDA: CUDA_VISIBLE_DEVICES untouched
+    (["0", "1", "2", "3"], 1, 2, ["2", "3"]), (["0", "1", "2"], 1, 2, ["2", "0"]),
+    (["4", "GPU-5e1f"], 1, None, ["GPU-5e1f"]),  # as CUDA_VISIBLE_DEVICES names them
+    (["0", "1"], 0, 0, []), ([], 0, 0, []),  # 0: every device hidden, trials on the CPU
+])
+def test_each_worker_gets_its_devices_round_robin(devices, worker, per_trial, expected):
+    from dlx.sweep.devices import trial_devices
+
+    assert trial_devices(devices, worker, per_trial) == expected
+
+
+def test_devices_visible_and_gpus_per_trial_beyond_them():
+    from dlx.sweep.devices import trial_devices, visible_devices
+
+    assert visible_devices({"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
+    assert visible_devices({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert visible_devices({}, count=2) == ["0", "1"]
+    with pytest.raises(ValueError, match=r"gpus_per_trial=3: 2 CUDA device\(s\) visible \(0,1\); allowed: 0 "):
+        trial_devices(["0", "1"], 0, 3)
+    with pytest.raises(ValueError, match="gpus_per_trial=-1"):
+        trial_devices(["0"], 0, -1)
+
+
+def test_gpus_per_trial_beyond_the_visible_devices_is_a_user_error(workdir):
+    proc = run_dlx(["sweep", "seed=0,1", *TRIAL, "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2",
+                    "hydra.launcher.gpus_per_trial=3"], workdir, env={**dlx_env(), "CUDA_VISIBLE_DEVICES": "0,1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip() == ("dlx: error: hydra.launcher.gpus_per_trial=3: 2 CUDA device(s) visible (0,1); "
+                                   "allowed: 0 (trials on the CPU) to 2, or null (one each where there are any)")
+    assert not (workdir / "outputs" / "mlflow.db").exists()
+
+
+@pytest.mark.cuda
+def test_two_workers_train_on_cuda_sharing_one_gpu(workdir):
+    """With a GPU: two workers on the first device, each trial trains on CUDA and records the device."""
+    trials = [[*TRIAL, "trainer.device=cuda", f"seed={i}"] for i in range(2)]
+    results, text = run_app(workdir, ["hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"], trials,
+                            env={"CUDA_VISIBLE_DEVICES": "0"})
+    assert [r["status"] for r in results] == ["COMPLETED", "COMPLETED"], text[-3000:]
+    assert len(set(trial_pids(text).values())) == 2
+    runs = runs_by_trial(workdir)
+    assert {r.data.tags["gpus"] for r in runs.values()} == {"0"}
+    assert all(r.data.tags["dlx.device"].startswith("cuda") for r in runs.values())

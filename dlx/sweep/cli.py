@@ -96,28 +96,42 @@ def sweep_main(args: list[str]) -> int:
         from dlx.components import expand_targets
 
         overrides = expand_targets(overrides)
+        _check_gpus(overrides)
         _start_workers_early(overrides)
         argv = prepare(overrides)
     except ConfigError as exc:
-        from dlx.sweep.start import discard_prespawned
-
-        discard_prespawned()
         return error(str(exc))
     return run_hydra(argv, shown=args)
 
 
+def _check_gpus(overrides: list[str]) -> None:
+    """hydra.launcher.gpus_per_trial beyond the visible CUDA devices: a user error now, not at launch."""
+    from dlx.config import ConfigError
+
+    value = {key_of(o): o.split("=", 1)[1] for o in overrides if "=" in o}.get("hydra.launcher.gpus_per_trial")
+    try:
+        n = int(value) if value not in (None, "null") else None
+    except ValueError:  # Hydra's schema reports a value that is not a number
+        return
+    if n is not None:
+        from dlx.sweep.devices import trial_devices, visible_devices
+
+        try:
+            trial_devices(visible_devices(), 0, n)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def _start_workers_early(overrides: list[str]) -> None:
     """With the worker pool asked for on the command line (hydra.launcher.n_jobs=N, N > 1), start what
-    its workers come from now (dlx.sweep.start: the zygote, or the workers themselves): its imports of
-    torch and MLflow overlap with this process composing and checking every trial, and the pool takes it
-    when Hydra launches it."""
+    its workers fork from now (dlx.sweep.start: the forkserver): its imports of torch and MLflow overlap
+    with this process composing and checking every trial. A sweep that fails its checks leaves it to
+    end by itself once its imports are done."""
     given = {key_of(o): o.split("=", 1)[1] for o in overrides if "=" in o}
     if given.get("hydra/launcher", "dlx_local") != "dlx_local" or find_spec("hydra_plugins.dlx_launcher") is None:
         return
     try:
         n = int(given.get("hydra.launcher.n_jobs", "1"))
-        threads = int(given["hydra.launcher.torch_threads"]) if given.get("hydra.launcher.torch_threads",
-                                                                           "null") != "null" else None
     except ValueError:  # a sweep over n_jobs, or a typo the checks will report
         return
     if n < 0:
@@ -125,7 +139,7 @@ def _start_workers_early(overrides: list[str]) -> None:
     if n > 1:
         from dlx.sweep.start import prespawn
 
-        prespawn(n, threads)
+        prespawn()
 
 
 def run_hydra(argv: list[str], shown: list[str], task=None) -> int:

@@ -1,12 +1,13 @@
 """A pool of long-lived worker processes that run sweep trials (the trial hygiene it shares with the
 in-process launcher is in dlx.sweep.hygiene).
 
-Each worker (dlx.sweep.worker; dlx.sweep.start says how it starts) has torch, MLflow and dlx imported
-once and then runs trials one after another, so a trial costs its training and nothing else. Parent and worker speak over two pipes
-(multiprocessing Connections: length-prefixed pickles); the worker's stdout and stderr are the sweep's.
+Each worker (dlx.sweep.worker) is a multiprocessing.Process forked from the forkserver (dlx.sweep.start),
+which imported torch, MLflow and dlx once; it runs trials one after another, so a trial costs its training
+and nothing else. Parent and worker speak over two pipes (multiprocessing Connections: length-prefixed
+pickles); the worker's stdout and stderr are the sweep's.
 
 A worker that dies (SIGKILL, the out-of-memory killer, os._exit) fails only the trial it was running:
-the parent sees the end of its pipe, records that trial as FAILED with the reason, closes the trial's
+the parent sees its Process's sentinel (or the end of its pipe), records that trial as FAILED with the reason, closes the trial's
 MLflow run if it was left RUNNING, starts a replacement and carries on. joblib's loky pool, which
 hydra-joblib-launcher uses, instead aborts the whole sweep with TerminatedWorkerError.
 """
@@ -19,7 +20,6 @@ import logging
 import os
 import pickle
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -33,7 +33,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from dlx.errors import RunError
-from dlx.sweep.start import WorkerStarter, worker_threads
+from dlx.sweep.devices import trial_devices, visible_devices
+from dlx.sweep.start import context, worker_env, worker_threads
+from dlx.sweep.worker import serve
 
 log = logging.getLogger("dlx.sweep.launcher")
 
@@ -96,13 +98,15 @@ def close_orphan_run(sweep_config: DictConfig, reason: str) -> None:
 
 
 def exit_status(returncode: int | None) -> int:
-    """A Popen returncode (-N: signal N) as a shell's exit status; 1 when unknown."""
+    """A Process's exitcode (-N: signal N) as a shell's exit status; 1 when unknown."""
     if returncode is None:
         return 1
     return 128 - returncode if returncode < 0 else returncode
 
 
-def death_reason(returncode: int | None, pid: int, idx: int | None) -> str:
+def death_reason(returncode: int | None, pid: int | None, idx: int | None) -> str:
+    if pid is None:
+        return "a worker process could not be started (its error is printed above)"
     if returncode is not None and returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
         how = f"died with signal {name}"
@@ -111,35 +115,70 @@ def death_reason(returncode: int | None, pid: int, idx: int | None) -> str:
     else:
         how = f"exited with code {returncode}"
     where = f" while running trial {idx}" if idx is not None else " before running a trial"
-    return f"worker process {pid if pid is not None else '(never started)'} {how}{where}"
+    return f"worker process {pid} {how}{where}"
 
 
 # ---------------------------------------------------------------------------------------------- the pool
 class _Worker:
-    def __init__(self, pool: WorkerPool):
-        self.proc, self.send_conn, self.recv_conn = pool.starter.start()
-        # the worker reads its set-up once it has its imports (a forked one: once the zygote has them),
-        # and the set-up is larger than a pipe holds: a thread hands it over, so that neither the pool
-        # nor the next worker's start waits for it
-        blobs = [pickle.dumps(list(sys.path)), pool.state, pool.payload]  # sys.path first: unpickling needs it
-        threading.Thread(target=self._send_setup, args=(blobs, pool.threads), daemon=True).start()
-        self.ready, self.started = False, time.monotonic()
+    """One worker: a multiprocessing.Process (dlx.sweep.start says where from) and its two pipes.
+
+    Process.start() waits until the forkserver has its imports, and its set-up (larger than a pipe
+    holds) travels with the Process's arguments: a thread starts it, so that neither the pool nor the
+    next worker's start waits, and the sweep goes on setting itself up meanwhile."""
+
+    def __init__(self, pool: WorkerPool, slot: int):
+        self.slot = slot  # its place in the pool, which a replacement takes over: its CUDA devices
+        inbox, self.send_conn = pool.context.Pipe(duplex=False)
+        self.recv_conn, outbox = pool.context.Pipe(duplex=False)
+        gpus = pool.gpus_of(slot)
+        tag = None if gpus is None else ",".join(gpus) or "none"
+        # sys.path first: unpickling the rest needs it
+        setup = [pickle.dumps(list(sys.path)), pool.state, pool.payload]
+        self.proc = pool.context.Process(target=serve, name=f"dlx-sweep-worker-{slot}",
+                                         args=(inbox, outbox, worker_env(pool.threads, gpus), setup, tag))
+        self.lock = threading.Lock()
+        self.started = self.cancelled = self.ready = self.orphaned = False
+        self.since = time.monotonic()
         self.job: tuple[int, list[str]] | None = None
+        threading.Thread(target=self._start, args=((inbox, outbox), pool.threads, tag), daemon=True).start()
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid  # a forked worker's: None until the zygote has forked it
+        return self.proc.pid  # None until started
 
-    def _send_setup(self, blobs: list[bytes], threads: int) -> None:
-        pid = self.proc.forked_pid() if hasattr(self.proc, "forked_pid") else self.proc.pid
-        if pid is None:  # the zygote was stopped before it forked this one: nothing to set up
-            return
-        log.info("worker %d starting, torch threads: %d", pid, threads)
+    def _start(self, child_ends: tuple, threads: int, gpus: str | None) -> None:
         try:
-            for blob in blobs:
-                self.send_conn.send_bytes(blob)
-        except OSError:  # the worker died first: the pool sees the end of its pipe
-            pass
+            with _STARTING:  # one at a time: multiprocessing's bookkeeping of children is not for threads
+                self.proc.start()
+        except Exception as exc:  # noqa: BLE001 - the pool sees the end of the pipe and starts another
+            log.error("could not start a worker process: %s: %s", type(exc).__name__, exc)
+        finally:  # this process's copies: the end of the pipe then shows the end of the worker
+            for conn in child_ends:
+                conn.close()
+        with self.lock:
+            self.started = self.proc.pid is not None
+            if self.started and self.cancelled:  # the pool stopped while this one was being forked
+                self.proc.kill()
+        if self.started:
+            log.info("worker %d starting, torch threads: %d%s", self.proc.pid, threads,
+                     f", CUDA devices: {gpus}" if gpus is not None else "")
+
+    def sentinels(self) -> list:
+        return [self.recv_conn] + ([self.proc.sentinel] if self.started and not self.orphaned else [])
+
+    def exited(self) -> bool:
+        """Whether the process has ended. A forkserver that died (the out-of-memory killer) reports each
+        of its workers as ended (exit code 255) while they still run: such a worker's end is then
+        seen through its pipe alone."""
+        if not self.started or self.orphaned or self.proc.exitcode is None:
+            return False
+        try:
+            os.kill(self.proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        self.orphaned = True
+        log.warning("the forkserver died; worker %d goes on without it", self.proc.pid)
+        return False
 
     def submit(self, job: tuple[int, list[str]]) -> bool:
         """Hand the worker a trial; False when the worker is already gone (its pipe is closed)."""
@@ -150,12 +189,34 @@ class _Worker:
         self.job = job
         return True
 
+    def stop(self, sig: signal.Signals | None) -> bool:
+        """Stop it with SIGTERM or SIGKILL (None: ask an idle one to leave); False when it was not started
+        yet: once forked it finds its inbox closed and leaves (and _start kills it): nothing to wait for."""
+        with self.lock:
+            self.cancelled = True
+            started = self.started
+        try:
+            if started and self.proc.exitcode is None:
+                if sig is None:
+                    self.send_conn.send(None)
+                elif sig == signal.SIGKILL:
+                    self.proc.kill()
+                else:
+                    self.proc.terminate()
+            self.send_conn.close()
+        except OSError:
+            pass
+        return started
+
     def close_pipes(self) -> None:
         for conn in (self.send_conn, self.recv_conn):
             try:
                 conn.close()
             except OSError:
                 pass
+
+
+_STARTING = threading.Lock()
 
 
 class WorkerPool:
@@ -165,10 +226,11 @@ class WorkerPool:
     Hydra's config loader, as hydra-joblib-launcher does: composed in the parent, the configs were
     serial work the workers waited for.
     `compose(idx, overrides)` makes the same sweep config in the parent, needed only when a worker dies.
+    `gpus_per_trial`: CUDA devices per worker (dlx.sweep.devices.trial_devices).
     """
 
     def __init__(self, n: int, *, hydra_context, task_function, config: DictConfig, compose,
-                 threads: int | None = None, shutdown_grace_s: float = 30.0):
+                 threads: int | None = None, shutdown_grace_s: float = 30.0, gpus_per_trial: int | None = None):
         try:
             import cloudpickle as pickler  # task functions may be closures (an app's @hydra.main body)
         except ImportError:  # pragma: no cover - MLflow depends on cloudpickle
@@ -176,6 +238,8 @@ class WorkerPool:
         self.n = n
         self.threads = worker_threads(n, threads)
         self.shutdown_grace_s, self.compose = shutdown_grace_s, compose
+        self.devices, self.gpus_per_trial = visible_devices(), gpus_per_trial
+        self.gpus_of(0)  # a gpus_per_trial the devices cannot give fails here, before any worker starts
         # Hydra's singletons (ConfigStore, JobRuntime, ...) travel apart and are installed first: installing
         # them rescans the plugins, which re-executes their modules and so redefines their config
         # dataclasses; the config loaded after that refers to the classes pickle will find again
@@ -185,20 +249,20 @@ class WorkerPool:
         str(config.hydra.sweep.dir)
         self.payload = pickler.dumps({"hydra_context": hydra_context, "task_function": task_function,
                                       "config": config, "threads": self.threads})
+        self.context = context()
         self.workers: list[_Worker] = []
-        self.starter = WorkerStarter(self.threads)
         self.closed = False
         atexit.register(self.close)
 
-    def start(self) -> None:
-        """Start the n workers now (they import torch and MLflow in the background)."""
-        while len(self.workers) < self.n:
-            self._start()
+    def gpus_of(self, slot: int) -> list[str] | None:
+        return trial_devices(self.devices, slot, self.gpus_per_trial)
 
-    def _start(self) -> _Worker:
-        worker = _Worker(self)
-        self.workers.append(worker)
-        return worker
+    def start(self) -> None:
+        """Start the n workers now (from the forkserver, which may still be importing torch and MLflow)."""
+        taken = {w.slot for w in self.workers}
+        for slot in range(self.n):
+            if slot not in taken:
+                self.workers.append(_Worker(self, slot))
 
     def run(self, jobs: list[tuple[int, list[str]]]) -> list[JobReturn]:
         """Run every job; returns their JobReturns in the order of `jobs`."""
@@ -223,11 +287,18 @@ class WorkerPool:
                         unsent.appendleft(job)
             if exhausted and not unsent and all(w.job is None for w in self.workers):
                 return
-            for conn in wait([w.recv_conn for w in self.workers]):
-                worker = next(w for w in self.workers if w.recv_conn is conn)
-                try:
-                    message = pickle.loads(conn.recv_bytes())  # cloudpickle's output (dlx.sweep.worker._tell_parent)
-                except (EOFError, OSError):
+            ready = set(wait([s for w in self.workers for s in w.sentinels()]))
+            for worker in [w for w in self.workers if ready.intersection(w.sentinels())]:
+                dead = False
+                # its messages first: a worker may have sent "done" just before it ended
+                while not dead and worker.recv_conn.poll():
+                    try:
+                        message = pickle.loads(worker.recv_conn.recv_bytes())  # cloudpickle's (worker._tell_parent)
+                    except (EOFError, OSError):
+                        dead = True
+                    else:
+                        startup_failures = self._note(worker, message, on_done, startup_failures)
+                if dead or worker.exited():
                     startup_failures = startup_failures + 1 if not worker.ready and worker.job is None else 0
                     failed: dict[int, JobReturn] = {}
                     self._replace(worker, failed)
@@ -236,26 +307,30 @@ class WorkerPool:
                     if startup_failures >= STARTUP_FAILURES:
                         raise WorkerStartError(f"{startup_failures} worker processes in a row died before they "
                                                "were ready; their errors are printed above") from None
-                    continue
-                kind = message[0]
-                if kind == "ready":
-                    worker.ready, startup_failures = True, 0
-                    log.info("worker %s ready after %.1f s", worker.pid, time.monotonic() - worker.started)
-                elif kind == "started":
-                    log.info("trial %d running in pid %d", message[1], message[2])
-                elif kind == "done":
-                    worker.job = None
-                    on_done(message[1], message[2])
+
+    def _note(self, worker: _Worker, message: tuple, on_done, startup_failures: int) -> int:
+        kind = message[0]
+        if kind == "ready":
+            worker.ready, startup_failures = True, 0
+            log.info("worker %s ready after %.1f s", worker.pid, time.monotonic() - worker.since)
+        elif kind == "started":
+            log.info("trial %d running in pid %d", message[1], message[2])
+        elif kind == "done":
+            worker.job = None
+            on_done(message[1], message[2])
+        return startup_failures
 
     def _replace(self, worker: _Worker, results: dict) -> None:
         """`worker` is gone: fail its trial, close its MLflow run, start another in its place."""
         worker.close_pipes()
         self.workers.remove(worker)
-        try:
-            returncode = worker.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # the pipe broke but the process lingers: make sure it is gone
-            worker.proc.kill()
-            returncode = worker.proc.wait()
+        returncode = None
+        if worker.started:
+            worker.proc.join(timeout=10)
+            if worker.proc.exitcode is None:  # the pipe broke but the process lingers: make sure it is gone
+                worker.proc.kill()
+                worker.proc.join()
+            returncode = worker.proc.exitcode
         idx = worker.job[0] if worker.job is not None else None
         reason = death_reason(returncode, worker.pid, idx)
         log.error("%s", reason)
@@ -269,24 +344,19 @@ class WorkerPool:
                 close_orphan_run(sweep_config, reason)
                 results[idx] = failed_return(sweep_config, WorkerDied(reason, exit_status(returncode)))
         if not self.closed:
-            self._start()
+            self.workers.append(_Worker(self, worker.slot))
 
     def close(self) -> None:
-        """Ask idle workers to exit and wait for them; workers still busy are terminated."""
+        """Ask idle workers to exit and wait for them; workers still busy are terminated, workers still
+        setting up are killed."""
         if self.closed:
             return
         self.closed = True
         for worker in self.workers:
-            try:
-                if not worker.ready:  # still importing torch (a replacement, say): nothing to wait for
-                    worker.proc.kill()
-                elif worker.job is None:
-                    worker.send_conn.send(None)
-                else:
-                    worker.proc.send_signal(signal.SIGTERM)
-                worker.send_conn.close()
-            except OSError:
-                pass
+            if not worker.ready:
+                worker.stop(signal.SIGKILL)
+            else:
+                worker.stop(None if worker.job is None else signal.SIGTERM)
         self._stop_all(grace_s=self.shutdown_grace_s)
 
     def terminate(self) -> None:
@@ -296,26 +366,23 @@ class WorkerPool:
             return
         self.closed = True
         for worker in self.workers:
-            if worker.proc.poll() is None:
+            if worker.started and worker.proc.exitcode is None:
                 log.warning("stopping worker %s%s", worker.pid,
                             f" (trial {worker.job[0]})" if worker.job is not None else "")
-                worker.proc.send_signal(signal.SIGTERM)
-            worker.send_conn.close()  # no next trial: the worker leaves once its trial is closed
+            worker.stop(signal.SIGTERM)  # and no next trial: it leaves once its trial is closed
         self._stop_all(grace_s=self.shutdown_grace_s)
 
     def _stop_all(self, grace_s: float) -> None:
-        self.starter.stop_starting()
         start = time.monotonic()
         deadline = start + grace_s
         for worker in self.workers:
-            try:
-                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("worker %s did not stop within %.0f s: killing it", worker.pid, grace_s)
-                worker.proc.kill()
-                worker.proc.wait()
+            if worker.started:  # one not forked yet is not waited for (the forkserver may be importing)
+                worker.proc.join(timeout=max(0.0, deadline - time.monotonic()))
+                if worker.proc.exitcode is None:
+                    log.warning("worker %s did not stop within %.0f s: killing it", worker.pid, grace_s)
+                    worker.proc.kill()
+                    worker.proc.join()
             worker.close_pipes()
         log.info("%d worker(s) stopped in %.1f s", len(self.workers), time.monotonic() - start)
         self.workers.clear()
-        self.starter.close()
         atexit.unregister(self.close)

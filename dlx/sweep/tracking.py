@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from omegaconf import DictConfig
 from dlx.tracking import tag_value
 
 TRIAL_TAG = "trial"
+
+log = logging.getLogger(__name__)
 
 
 def store_of(tracking: DictConfig | dict) -> tuple[str, str | None]:
@@ -98,8 +101,25 @@ class ParentRun:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.tracker.set_tags(tags)
 
+    def _patiently(self, what: str, call, default):
+        """call() with the run's patience; a store that stays away gives `default` and a warning: the sweep
+        goes on (its trials keep their own spools) rather than ending on a server that is restarting."""
+        from dlx.tracking import patiently, transient
+
+        try:
+            return patiently(call, self.tracker.patience)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            log.warning("the tracking store did not answer within %g s to %s (%s)", self.tracker.patience, what,
+                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            return default
+
     def children(self) -> dict[int, Any]:
-        """Trial number -> its run (the latest, should a number appear twice)."""
+        """Trial number -> its run (the latest, should a number appear twice); {} when the store stays away."""
+        return self._patiently("list the sweep's runs", self._children, {})
+
+    def _children(self) -> dict[int, Any]:
         out: dict[int, Any] = {}
         token = None
         while True:
@@ -115,7 +135,11 @@ class ParentRun:
                 return out
 
     def child(self, number: int):
-        """The run of trial `number` (the latest, should the number appear twice), or None."""
+        """The run of trial `number` (the latest, should the number appear twice), or None (also when the store
+        stays away)."""
+        return self._patiently(f"find trial {number}'s run", lambda: self._child(number), None)
+
+    def _child(self, number: int):
         runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}' "
                                                              f"and tags.`{TRIAL_TAG}` = '{number}'",
                                        order_by=["attributes.start_time DESC"], max_results=1)
@@ -123,10 +147,13 @@ class ParentRun:
 
     def close_dangling(self, run, reason: str, status: str = "FAILED") -> None:
         """A trial whose process ended without closing its run: close it with the reason."""
+        from mlflow.entities import RunTag
+
         outcome = "killed" if status == "KILLED" else "failed"
-        self.client.set_tag(run.info.run_id, "dlx.error", tag_value(reason))
-        self.client.set_tag(run.info.run_id, "dlx.outcome", outcome)
-        self.client.set_terminated(run.info.run_id, status=status)
+        tags = [RunTag("dlx.error", tag_value(reason)), RunTag("dlx.outcome", outcome)]
+        self._patiently(f"close run {run.info.run_id}", lambda: (
+            self.client.log_batch(run.info.run_id, tags=tags),
+            self.client.set_terminated(run.info.run_id, status=status)), None)
 
     def finish(self, *, rows: list[dict], columns: list[str], counts: dict[str, int], best: dict | None,
                objective: str, status: str, sweep_dir: Path, extra: dict[str, float] | None = None,

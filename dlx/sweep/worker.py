@@ -1,11 +1,10 @@
-"""One worker of dlx.sweep.pool: forked from the zygote (dlx.sweep.zygote), or on its own as
-`python -m dlx.sweep.worker IN_FD OUT_FD`.
+"""One worker of dlx.sweep.pool: the target of a multiprocessing.Process, forked from the forkserver
+that imported torch, MLflow and dlx once (dlx.sweep.start, dlx.sweep.preload).
 
-It has torch, MLflow and dlx imported once (warm_up), then runs the trials the parent sends (job number
-and overrides), one after another: it composes the trial's config with Hydra's config loader and runs it
-through Hydra's run_job, which sets HydraConfig to that config, makes the output directory
-sweep dir/subdir and sends job logging to the trial's own log file. Messages to the parent:
-("ready", pid), ("started", idx, pid), ("done", idx, JobReturn).
+It runs the trials the parent sends (job number and overrides), one after another: it composes the
+trial's config with Hydra's config loader and runs it through Hydra's run_job, which sets HydraConfig to
+that config, makes the output directory sweep dir/subdir and sends job logging to the trial's own log
+file. Messages to the parent: ("ready", pid), ("started", idx, pid), ("done", idx, JobReturn).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import multiprocessing
 import os
 import pickle
 import signal
@@ -20,15 +20,15 @@ import sys
 import tempfile
 import threading
 import time
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 
-def _watch_parent(parent: int) -> None:
-    """The parent died without stopping us (SIGKILL): end the trial the way SIGTERM does, so dlx.run
-    closes its MLflow run KILLED, and leave if even that does not end the process."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
+def _watch_parent() -> None:
+    """The sweep died without stopping us (SIGKILL): end the trial the way SIGTERM does, so dlx.run
+    closes its MLflow run KILLED, and leave if even that does not end the process. The parent
+    process's sentinel (multiprocessing) is the sweep's, whichever process forked this one."""
+    wait([multiprocessing.parent_process().sentinel])
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(60)
     os._exit(1)
@@ -38,7 +38,7 @@ def warm_up() -> None:
     """Import what every trial needs now, once, while the sweep is still being set up, instead of in
     the worker's first trial, which was slower than the next by torch._dynamo (imported by the first
     optimizer), matplotlib (and its first figure) and MLflow's SQL store (bench/README.md has the
-    figures). Starts no thread and leaves CUDA alone: the zygote forks its workers after this."""
+    figures). Starts no thread and leaves CUDA alone: the forkserver forks its workers after this."""
     import torch
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # pulls in torch._dynamo
@@ -68,7 +68,7 @@ def freeze_heap(collect: bool = True) -> None:
     """Hide what is alive now (the imported modules of torch, MLflow, matplotlib, ...: millions of
     objects that live as long as the process) from the cyclic garbage collector. Every trial ends with
     full collections that free its model and data at once; over that heap they are slow, and in a
-    forked worker they also write into every inherited page, which un-shares it from the zygote (the
+    forked worker they also write into every inherited page, which un-shares it from the forkserver (the
     use the gc.freeze documentation describes). `collect=False` skips the collection first, on the way
     to the first trial, freezing the imports' few cycles of garbage too."""
     if collect:
@@ -88,6 +88,11 @@ def run_trial(idx: int, overrides: list[str], init: dict):
         ret = JobReturn(overrides=overrides, status=JobStatus.FAILED)
         ret.return_value = portable_exception(exc)
         return ret
+    if init.get("gpus") is not None and "tracking" in sweep_config:  # which devices the trial trained on
+        from omegaconf import open_dict
+
+        with open_dict(sweep_config):
+            sweep_config.tracking.tags["gpus"] = init["gpus"]
     with isolated_trial():
         ret = run_job(hydra_context=hydra_context, task_function=traced(task_function, idx), config=sweep_config,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
@@ -96,27 +101,20 @@ def run_trial(idx: int, overrides: list[str], init: dict):
     return ret
 
 
-def main(argv: list[str]) -> int:
-    """A worker started as a process of its own: import everything, then serve."""
-    parent = os.getppid()
-    # the slow imports first: a worker may be started before the sweep has its configuration (dlx sweep
-    # starts its workers while it checks every trial); the set-up waits in the pipe meanwhile
-    warm_up()
-    freeze_heap()
-    serve(int(argv[0]), int(argv[1]), parent)
-    return 0
-
-
-def serve(inbox_fd: int, outbox_fd: int, parent: int) -> None:
-    """Read the set-up, then run trials until the parent says stop or goes away (the parent: the
-    sweep, or the zygote, which leaves with the sweep). Does not return."""
-    inbox = Connection(inbox_fd, writable=False)
-    outbox = Connection(outbox_fd, readable=False)
-    threading.Thread(target=_watch_parent, args=(parent,), name="dlx-parent-watch", daemon=True).start()
-    try:
-        path, state, payload = (inbox.recv_bytes() for _ in range(3))
-    except (EOFError, OSError):  # started ahead and not needed after all
-        _leave()
+def serve(inbox: Connection, outbox: Connection, env: dict[str, str], setup: list[bytes],
+          gpus: str | None = None) -> None:
+    """The target of a worker's multiprocessing.Process: take the sweep's environment, read the set-up,
+    then run trials until the sweep says stop or goes away. `gpus`: the CUDA devices the pool gave this
+    worker (in env's CUDA_VISIBLE_DEVICES), tagged on each trial's run."""
+    try:  # a session of its own: Ctrl-C at the terminal reaches only the sweep, which then stops each
+        os.setsid()  # worker with one SIGTERM (two signals could interrupt a run while it is being closed)
+    except OSError:
+        pass
+    os.environ.clear()
+    os.environ.update(env)
+    ready_once()  # done in the forkserver already; a spawned worker imports here
+    threading.Thread(target=_watch_parent, name="dlx-parent-watch", daemon=True).start()
+    path, state, payload = setup
     sys.path[:] = pickle.loads(path)
 
     from hydra.core.singleton import Singleton
@@ -124,34 +122,39 @@ def serve(inbox_fd: int, outbox_fd: int, parent: int) -> None:
 
     Singleton.set_state(pickle.loads(state))  # see WorkerPool: before the config is loaded
     init = pickle.loads(payload)  # cloudpickle's output loads with plain pickle
+    init["gpus"] = gpus
     setup_globals()
     import torch
 
     torch.set_num_threads(init["threads"])  # the pool's share of the cores
-    _tell_parent(outbox, ("ready", os.getpid()))
+    if not _tell_parent(outbox, ("ready", os.getpid())):
+        return _leave()
     while True:
         try:
             job = inbox.recv()
-        except (EOFError, OSError, KeyboardInterrupt):  # the parent is gone or stops us while idle
-            _leave()
+        except (EOFError, OSError, KeyboardInterrupt):  # the sweep is gone or stops us while idle
+            return _leave()
         if job is None:
-            _leave()
+            return _leave()
         idx, overrides = job
-        _tell_parent(outbox, ("started", idx, os.getpid()))
+        if not _tell_parent(outbox, ("started", idx, os.getpid())):
+            return _leave()
         ret = run_trial(idx, overrides, init)
         try:
-            _tell_parent(outbox, ("done", idx, ret))
+            sent = _tell_parent(outbox, ("done", idx, ret))
         except (pickle.PicklingError, TypeError, AttributeError) as exc:  # an unpicklable return value
             from hydra.core.utils import JobStatus
 
             ret.status, ret.return_value = JobStatus.FAILED, RuntimeError(
                 f"the trial's result cannot be sent back from its worker: {type(exc).__name__}: {exc}")
-            _tell_parent(outbox, ("done", idx, ret))
+            sent = _tell_parent(outbox, ("done", idx, ret))
+        if not sent:
+            return _leave()
 
 
-def _tell_parent(outbox: Connection, message: tuple) -> None:
-    """Send to the sweep; when it is gone (SIGKILL) there is nobody to tell: the trial's run is closed in
-    the store, and a resumed sweep reads its outcome there. Leave quietly.
+def _tell_parent(outbox: Connection, message: tuple) -> bool:
+    """Send to the sweep; False when it is gone (SIGKILL) and there is nobody to tell: the trial's run
+    is closed in the store, and a resumed sweep reads its outcome there.
 
     With cloudpickle, as the pool sends the task function: a JobReturn holds the trial's config, whose
     schema classes are made at run time (dlx.options.schema) and which plain pickle cannot find by name."""
@@ -161,17 +164,12 @@ def _tell_parent(outbox: Connection, message: tuple) -> None:
     try:
         outbox.send_bytes(blob)
     except (BrokenPipeError, ConnectionResetError):
-        _leave()
+        return False
+    return True
 
 
 def _leave() -> None:
-    """Exit without tearing the interpreter down: every trial's run is closed and its logs flushed
-    here, and the sweep would wait for the slow teardown of torch's and MLflow's modules."""
+    """Every trial's run is closed here: flush the logs and return from the Process's target, after
+    which multiprocessing ends a forked worker without tearing the interpreter down (the sweep would
+    otherwise wait for the slow teardown of torch's and MLflow's modules)."""
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -36,16 +36,22 @@ class DlxLocalLauncherConf:
     torch_threads: Optional[int] = None  # noqa: UP045 - OmegaConf reads typing.Optional
     # after Ctrl-C or SIGTERM, seconds the workers get to close their MLflow runs before SIGKILL
     shutdown_grace_s: float = 30.0
+    # CUDA devices of each worker (n_jobs > 1), handed out round-robin over the visible ones and set as
+    # its CUDA_VISIBLE_DEVICES; null: one each where there are CUDA devices (workers share them when
+    # there are fewer devices than workers); 0: none, trials train on the CPU
+    gpus_per_trial: Optional[int] = None  # noqa: UP045 - OmegaConf reads typing.Optional
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="dlx_local", node=DlxLocalLauncherConf, provider="dlx")
 
 
 class DlxLocalLauncher(Launcher):
-    def __init__(self, n_jobs: int = 1, torch_threads: int | None = None, shutdown_grace_s: float = 30.0):
+    def __init__(self, n_jobs: int = 1, torch_threads: int | None = None, shutdown_grace_s: float = 30.0,
+                 gpus_per_trial: int | None = None):
         self.n_jobs = n_jobs if n_jobs > 0 else len(os.sched_getaffinity(0))
         self.torch_threads = torch_threads
         self.shutdown_grace_s = shutdown_grace_s
+        self.gpus_per_trial = gpus_per_trial
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -63,7 +69,8 @@ class DlxLocalLauncher(Launcher):
         if self.pool is None or self.pool.closed:
             self.pool = WorkerPool(self.n_jobs, hydra_context=self.hydra_context, task_function=self.task_function,
                                    config=self.config, compose=self._sweep_config,
-                                   threads=self.torch_threads, shutdown_grace_s=self.shutdown_grace_s)
+                                   threads=self.torch_threads, shutdown_grace_s=self.shutdown_grace_s,
+                                   gpus_per_trial=self.gpus_per_trial)
             self.pool.start()
         return self.pool
 

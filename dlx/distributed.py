@@ -1,0 +1,386 @@
+"""One training over several processes: torchrun starts the ranks, DistributedDataParallel keeps them in step.
+
+`dlx train trainer.devices=N` checks its configuration in the `dlx train` process (exit 2 before any rank
+starts), writes what the ranks need into the run's folder (ddp/spec.json, and ddp/resume.pt when resuming), then
+runs torchrun (torch.distributed.run, in this process) with `-m dlx.distributed`: N ranks on this node, gloo on
+CPU, NCCL on CUDA (a GPU each). Rank 0 runs the run as one process does (dlx.run: the MLflow run, checkpoints,
+progress, the summary); the other ranks build the same trainer and fit it with the configuration's own callbacks
+only. Each rank writes ddp/rank<r>.json when it fails, so that the launching process can name the rank whose
+error ended the run and close the run FAILED with it, whichever rank torchrun stopped after it.
+
+Inside the loop (dlx.engine, through `Trainer.dist`): every rank draws the same epoch permutation (same seed,
+same draws) and takes its share of it, DistributedSampler's (padded to equal shares, so every rank takes as many
+steps); trainer.batch_size is the global batch, each rank taking its share; loss and accuracy sums are all-reduced
+per log window; validation runs on rank 0 and its metrics are broadcast, so early stopping and plateau schedules
+decide alike on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("dlx")
+
+SPEC = "spec.json"
+RESULT = "result.json"
+_LAUNCHER_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")  # torchrun replaces their handlers
+
+
+def world_size(t: dict) -> int:
+    return int(t.get("devices", 1)) * int(t.get("nodes", 1))
+
+
+def wanted(t: dict) -> bool:
+    """Whether the trainer config `t` asks for a training through torchrun."""
+    return str(getattr(t.get("strategy"), "value", t.get("strategy"))) == "ddp" or world_size(t) > 1
+
+
+def joined() -> bool:
+    """Whether this process is one rank of a torch.distributed training."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def problems(cfg) -> list[str]:
+    """What the configuration's DDP settings cannot do here; called by dlx.validate before any data loads."""
+    t = cfg.trainer
+    if not wanted(t):
+        return []
+    world, device, out = world_size(t), str(t.device), []
+    each = f"trainer.devices x trainer.nodes = {world}"
+    if t.batch_size % world:
+        out.append(f"trainer.batch_size={t.batch_size} is the global batch, shared equally by the {each} ranks: "
+                   f"allowed a multiple of {world}")
+    if device == "mps" or device.startswith("cuda:") and t.devices > 1:
+        out.append(f"trainer.device={device} with trainer.devices={t.devices}: each rank takes a device of its "
+                   "own: allowed auto, cpu or cuda")
+    elif device in ("auto", "cuda") and t.devices > 1:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n and t.devices > n:
+            out.append(f"trainer.devices={t.devices} but only {n} CUDA device(s) are visible: allowed 1 to {n}, "
+                       "or trainer.device=cpu")
+    if t.nodes > 1 and not t.rdzv_endpoint:
+        out.append(f"trainer.nodes={t.nodes} needs trainer.rdzv_endpoint=HOST:PORT, a free port on one of the "
+                   "nodes, the same on every node")
+    if t.node_rank is not None and t.node_rank >= t.nodes:
+        out.append(f"trainer.node_rank={t.node_rank} is out of range: allowed null or 0 to {t.nodes - 1}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- in the loop
+class Ranks:
+    """The training's process group as the loop uses it (Trainer.dist)."""
+
+    def __init__(self, trainer):
+        import torch
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        from dlx.engine import smallest_train_batch, train_batches
+
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        cuda = trainer.device.type == "cuda"
+        self.comm = trainer.device if cuda else torch.device("cpu")  # NCCL reduces CUDA tensors, gloo CPU ones
+        ids = [trainer.device.index if trainer.device.index is not None else torch.cuda.current_device()] if cuda else None
+        # the training steps go through DDP, which all-reduces the gradients during backward; evaluation and
+        # checkpoints use the plain module (trainer.forward, trainer.model), which rank 0 may run alone
+        self.forward = DistributedDataParallel(trainer.forward, device_ids=ids)
+        shard = math.ceil(len(trainer.data.train) / self.world)
+        trainer.batches = train_batches(shard, trainer.opt.batch_size // self.world, smallest_train_batch(trainer.model))
+        trainer.steps_per_epoch = len(trainer.batches)
+
+    def shard(self, order):
+        """This rank's share of an epoch's order, by DistributedSampler's rule: padded by wrapping around to a
+        multiple of the world size, then every world-th index from this rank's."""
+        import torch
+        from torch.utils.data import DistributedSampler
+
+        idx = list(DistributedSampler(range(len(order)), num_replicas=self.world, rank=self.rank, shuffle=False))
+        return order[torch.as_tensor(idx, device=order.device)]
+
+    def sum(self, *values) -> list[float]:
+        """Each value summed over the ranks (one all-reduce); read once per log window, as the loop reads it."""
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.comm)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def from_lead(self, fn, *args):
+        """fn(*args) run on rank 0, its result given to every rank."""
+        import torch.distributed as dist
+
+        box = [fn(*args) if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def attach(trainer) -> None:
+    """Make `trainer` this process's rank of the training; a no-op outside torchrun's ranks."""
+    if joined():
+        trainer.dist = Ranks(trainer)
+
+
+# ---------------------------------------------------------------------------------------------- the launcher
+def torchrun_args(t: dict, home: Path) -> list[str]:
+    """torchrun's options for the trainer config `t`: one node alone (--standalone: a free port on this host),
+    or the rendezvous of several nodes at trainer.rdzv_endpoint."""
+    n = int(t["devices"])
+    args = [f"--nproc-per-node={n}", "--max-restarts=0", f"--log-dir={home / 'logs'}"]
+    if n > 1:  # only rank 0 prints: the other local ranks' output goes to their files under ddp/logs
+        args.append("--redirects=" + ",".join(f"{i}:3" for i in range(1, n)))
+    if int(t["nodes"]) == 1:
+        return [*args, "--standalone"]
+    args += [f"--nnodes={t['nodes']}", f"--rdzv-endpoint={t['rdzv_endpoint']}"]
+    if t.get("node_rank") is None:  # the c10d rendezvous numbers the nodes; one id per job, the same on each
+        return [*args, "--rdzv-backend=c10d", f"--rdzv-id={os.environ.get('SLURM_JOB_ID', 'dlx')}"]
+    return [*args, "--rdzv-backend=static", f"--node-rank={t['node_rank']}"]
+
+
+def launch(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, checkpoint: dict | None,
+           command: list[str]) -> dict:
+    """Run the training `cfg` (checked and resolved) over its ranks; the final metrics, as dlx.run.train returns
+    them. RunError with the run's outcome when a rank fails or the training is interrupted."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
+
+    from dlx.errors import RunError
+
+    home = run_dir / "ddp"
+    home.mkdir(parents=True, exist_ok=True)
+    for stale in [*home.glob("rank*.json"), home / RESULT]:
+        stale.unlink(missing_ok=True)
+    resume = None
+    if checkpoint is not None:  # as prepare_resume checked it; rank 0 reads it and gives it to every rank
+        from dlx.checkpoint import save_checkpoint
+
+        resume = str(save_checkpoint(checkpoint, home / "resume.pt")[0])
+    root = logging.getLogger()
+    spec = {"config": cfg, "run_dir": str(run_dir.resolve()), "overrides": overrides, "choices": choices,
+            "command": command, "resume": resume,
+            # rank 0 shows what this process would: its log files, a console only where this has one (a sweep's
+            # trials log to their file alone), and its stdout unless it is captured (a quiet trial's table)
+            "log_files": [h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)],
+            "console": any(type(h) is logging.StreamHandler for h in root.handlers),
+            "stdout": sys.stdout is sys.__stdout__}
+    (home / SPEC).write_text(json.dumps(spec))
+    args = [*torchrun_args(cfg["trainer"], home), "--module", "dlx.distributed", str(home / SPEC)]
+    log.info("training over %d processes: torchrun %s", world_size(cfg["trainer"]), " ".join(args))
+    import threading
+
+    # torchrun sets its own handlers (in the main thread only) and leaves them: a sweep worker's stay its own
+    main_thread = threading.current_thread() is threading.main_thread()
+    handlers = {name: signal.getsignal(getattr(signal, name)) for name in _LAUNCHER_SIGNALS} if main_thread else {}
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads is None:  # the cores shared by the ranks, rather than torchrun's 1 each
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(cfg["trainer"]["devices"])))
+    quiet = logging.getLogger("torch.distributed.elastic")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its info and warnings (each rank it stops) would bury the run's one line
+    try:
+        torchrun.run(torchrun.parse_args(args))
+    except ChildFailedError as exc:
+        raise _failure(exc.failures, home, cfg, run_dir) from None
+    except SignalException as exc:  # torchrun passed the signal on to every rank; rank 0 closed the run
+        lead = _outcome(home, 0)
+        code = 130 if exc.sigval == signal.SIGINT else 128 + int(exc.sigval)
+        raise RunError(lead["message"] if lead else f"run KILLED: {exc.sigval.name}", code) from None
+    except RendezvousError as exc:  # the nodes did not meet: no rank started
+        raise RunError(f"error: the nodes did not meet at trainer.rdzv_endpoint={cfg['trainer']['rdzv_endpoint']}: "
+                       f"{type(exc).__name__}: {exc}", 1) from None
+    finally:
+        if resume is not None:  # a copy for rank 0: the run's own checkpoint stays where it was
+            Path(resume).unlink(missing_ok=True)
+        quiet.setLevel(level)
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        for name, handler in handlers.items():
+            signal.signal(getattr(signal, name), handler)
+    result = home / RESULT  # absent on a node that does not hold rank 0
+    return json.loads(result.read_text()) if result.exists() else {}
+
+
+def _outcome(home: Path, rank: int) -> dict | None:
+    try:
+        return json.loads((home / f"rank{rank}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _failure(failures: dict, home: Path, cfg: dict, run_dir: Path) -> BaseException:
+    """The error that ends the run, from the ranks torchrun found failed (before it stopped the others): a rank
+    that died without writing its outcome (a signal, the OOM killer) first, else the earliest outcome; rank 0's
+    when it found a configuration error, as every rank does."""
+    from dlx.errors import Pruned, RunError
+
+    outcomes = {rank: _outcome(home, rank) for rank in failures}
+    silent = sorted(r for r, o in outcomes.items() if o is None)
+    if silent:
+        rank, failure = silent[0], failures[silent[0]]
+        text = (f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+                ) + " without an error message; its log: " + str(home / "logs")
+        kind = "died"
+    else:
+        lead = outcomes.get(0)
+        rank = 0 if lead and lead["code"] == 2 else min(outcomes, key=lambda r: (outcomes[r]["time"], r))
+        text, kind = outcomes[rank]["message"], outcomes[rank]["kind"]
+    if rank == 0 and kind != "died":  # rank 0 closed the run with this outcome itself
+        if kind == "pruned":
+            return Pruned(text)
+        return RunError(text if kind == "run" else f"run FAILED: rank 0: {text}", outcomes[0]["code"])
+    message = f"rank {rank}: {text}"
+    _close_failed(cfg, run_dir, message, home / f"rank{rank}.log")
+    return RunError(f"run FAILED: {message}", 1)
+
+
+def _close_failed(cfg: dict, run_dir: Path, message: str, rank_log: Path) -> None:
+    """Close rank 0's run FAILED with another rank's error, its log (and traceback) beside rank 0's: torchrun
+    stopped rank 0 after that rank failed, and rank 0 closed it KILLED (or FAILED with the broken connection it
+    saw)."""
+    tc = cfg["tracking"]
+    if not tc["enabled"]:
+        return
+    from dlx.redact import redact
+    from dlx.tracking import open_store, resolve_uri
+
+    uri, artifacts = resolve_uri(tc["uri"], tc["artifact_location"])
+    try:
+        client, experiment = open_store(uri, tc["experiment"], artifacts)
+        where = str(run_dir.resolve()).replace("'", "\\'")
+        for run in client.search_runs([experiment], filter_string=f"tags.`dlx.run_dir` = '{where}'"):
+            for key, value in redact({"dlx.error": message, "dlx.outcome": "failed"}).items():
+                client.set_tag(run.info.run_id, key, value)
+            if rank_log.is_file():
+                client.log_artifact(run.info.run_id, str(rank_log), "logs")
+            client.set_terminated(run.info.run_id, status="FAILED")
+    except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
+        log.error("could not close the run FAILED in %s: %s", uri, exc)
+
+
+# ---------------------------------------------------------------------------------------------- one rank
+def main(argv: list[str] | None = None) -> int:
+    """One rank, as torchrun starts it: `python -m dlx.distributed RUN_DIR/ddp/spec.json`."""
+    spec_path = Path((sys.argv[1:] if argv is None else argv)[0])
+    spec = json.loads(spec_path.read_text())
+    home, rank = spec_path.parent, int(os.environ["RANK"])
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    _log_to(spec, home, rank)
+    signal.signal(signal.SIGINT, _interrupt_once)
+    from dlx.errors import Pruned, RunError, Terminated
+    from dlx.run import sigterm_as_interrupt
+
+    outcome = None
+    shown = io.StringIO()
+    try:
+        with sigterm_as_interrupt(), (contextlib.nullcontext() if spec["stdout"] else contextlib.redirect_stdout(shown)):
+            final = _rank(spec, rank)  # torchrun stops the other ranks with SIGTERM when one fails
+        if rank == 0:
+            (home / RESULT).write_text(json.dumps(final, default=float))
+    except RunError as exc:
+        outcome = {"code": exc.exit_code, "message": str(exc), "kind": "run"}
+    except Pruned as exc:
+        outcome = {"code": 1, "message": str(exc), "kind": "pruned"}
+    except KeyboardInterrupt as exc:
+        code = 143 if isinstance(exc, Terminated) else 130
+        outcome = {"code": code, "message": "terminated by SIGTERM" if code == 143 else "interrupted", "kind": "run"}
+    except BaseException as exc:  # noqa: BLE001 - any error of the rank is the run's; its traceback in its log
+        log.exception("rank %d failed", rank)
+        outcome = {"code": 1, "message": f"{type(exc).__name__}: {exc}", "kind": "exception"}
+    if shown.getvalue().strip():
+        log.info("%s", shown.getvalue().rstrip())
+    if outcome is not None:
+        (home / f"rank{rank}.json").write_text(json.dumps({**outcome, "time": time.time()}))
+        return outcome["code"]
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+    return 0
+
+
+def _interrupt_once(signum, frame):
+    """Ctrl-C, passed on by torchrun: stop as one process does; a second one does not cut the run's closing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _log_to(spec: dict, home: Path, rank: int) -> None:
+    """Rank 0 logs where the launching process does (in Hydra's format); the others to ddp/rank<r>.log only."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    if rank:
+        handlers = [logging.FileHandler(home / f"rank{rank}.log")]
+    else:
+        files = spec["log_files"] or [str(Path(spec["run_dir"]) / "train.log")]
+        handlers = [logging.FileHandler(f) for f in files]
+        if spec["console"]:
+            handlers.append(logging.StreamHandler(sys.stdout))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root.addHandler(handler)
+
+
+def _rank(spec: dict, rank: int) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from dlx.build import select_device
+
+    cfg = spec["config"]
+    device = select_device(cfg["trainer"]["device"])
+    if device.type == "cuda":  # "cuda" is then this rank's GPU, wherever the run names it
+        torch.cuda.set_device(device.index if device.index is not None else int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    box = [None]
+    if spec["resume"] is not None:
+        if rank == 0:
+            from dlx.checkpoint import load_checkpoint
+
+            box = [load_checkpoint(spec["resume"])]
+        dist.broadcast_object_list(box, src=0)
+    if rank == 0:
+        from dlx.run import _train
+
+        return _train(cfg, run_dir=Path(spec["run_dir"]), overrides=spec["overrides"], choices=spec["choices"],
+                      checkpoint=box[0], command=spec["command"])
+    return _follow(cfg, box[0])
+
+
+def _follow(cfg: dict, checkpoint: dict | None) -> dict:
+    """A rank other than 0: the same trainer, fitted with the configuration's callbacks only."""
+    from dlx.build import build
+    from dlx.data import DatasetError
+    from dlx.errors import RunError
+
+    try:
+        built = build(cfg)
+        attach(built.trainer)
+    except (DatasetError, ValueError) as exc:
+        raise RunError(str(exc), 2) from None
+    trainer = built.trainer
+    trainer.callbacks = list(built.user_callbacks)
+    state = None
+    if checkpoint is not None:
+        from dlx.checkpoint import restore
+
+        state = restore(trainer, checkpoint)
+    trainer.fit(state)
+    return {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
