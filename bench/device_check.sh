@@ -8,14 +8,15 @@
 #
 # Steps, most telling first, each under its own timeout and skipped once the budget is spent: the device,
 # the install, bench/gpu.py at full size (dlx against a hand-written loop and Lightning, bf16), the CUDA tests,
-# a sweep of 4 trials on 2 workers sharing the GPU, the DDP tests over NCCL (they need 2 GPUs: a skip on one),
+# the self-supervised objectives and sequence models for 3 epochs each, a sweep of 4 trials on 2 workers sharing
+# the GPU, the DDP tests over NCCL (they need 2 GPUs: a skip on one),
 # and, with what time is left, bench/gpu.py with trainer.compile=true. Everything printed also goes to
 # $OUT/log; the summary of the steps comes last.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 OUT=${OUT:-$(mktemp -d)}
-BUDGET=${BUDGET:-460}    # seconds for the whole script: 8 minutes less a margin
+BUDGET=${BUDGET:-500}    # seconds for the whole script: 9 minutes less a margin
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-}
 PY=${PYTHON:-python3}
@@ -86,6 +87,19 @@ EOF
     )
 }
 
+models() {
+    # the objectives and sequence models on the device: SimSiam, SimCLR under bf16, a Transformer and a ViT
+    local work args
+    work=$(mktemp -d)
+    for args in "objective=simsiam model=cnn" "objective=simclr model=cnn trainer.amp=bf16" \
+            "dataset=reverse model=transformer" "model=vit trainer.amp=bf16"; do
+        echo "--- dlx train $args"
+        # shellcheck disable=SC2086 # the words of args are overrides
+        (cd "$work" && "$PY" -m dlx train $args trainer.epochs=3 "trainer.device=$DEVICE" trainer.progress=plain \
+            2>&1 | grep -E "epoch 3/|test/|knn|output_std|probe|error|Error" | head -12) || return 1
+    done
+}
+
 ddp() {
     local files=(tests/test_ddp*.py)
     if [[ ! -e ${files[0]} ]]; then
@@ -95,7 +109,7 @@ ddp() {
     "$PY" -m pytest -q -rs -p no:cacheprovider -k "nccl or cuda" "${files[@]}"
 }
 
-export -f device install cuda_tests sweep ddp
+export -f device install cuda_tests models sweep ddp
 
 main() {
 echo "dlx device check: $(date -u '+%F %T') UTC, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), \
@@ -109,6 +123,7 @@ else
     step gpu.py 240 bash -o pipefail -c '"$@" | tee "$OUT/gpu.txt"' - "$PY" bench/gpu.py
 fi
 step cuda-tests 120 cuda_tests
+step models 80 models
 step sweep 100 sweep
 step ddp 60 ddp
 # torch.compile's first compilation of ResNet-20 (training, evaluation, the last short batch) takes a minute or
