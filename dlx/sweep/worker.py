@@ -59,20 +59,19 @@ def warm_up() -> None:
 
 @functools.cache
 def ready_once() -> None:
-    """warm_up and freeze_heap, once per process: what the in-process launcher does before its first trial."""
+    """warm_up and freeze_heap, once per process: what the in-process launcher does before its first trial,
+    and the forkserver before it forks the first worker (dlx.sweep.preload)."""
     warm_up()
     freeze_heap()
 
 
-def freeze_heap(collect: bool = True) -> None:
+def freeze_heap() -> None:
     """Hide what is alive now (the imported modules of torch, MLflow, matplotlib, ...: millions of
     objects that live as long as the process) from the cyclic garbage collector. Every trial ends with
     full collections that free its model and data at once; over that heap they are slow, and in a
     forked worker they also write into every inherited page, which un-shares it from the forkserver (the
-    use the gc.freeze documentation describes). `collect=False` skips the collection first, on the way
-    to the first trial, freezing the imports' few cycles of garbage too."""
-    if collect:
-        gc.collect()
+    use the gc.freeze documentation describes)."""
+    gc.collect()
     gc.freeze()
 
 
