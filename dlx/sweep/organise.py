@@ -89,10 +89,7 @@ def _main(kind: str, args: list[str]) -> int:
         argv = expand_targets(argv)
         _start_workers_early(argv)
         argv = prepare(argv)
-    except ConfigError as exc:
-        from dlx.sweep.start import discard_prespawned
-
-        discard_prespawned()
+    except ConfigError as exc:  # a forkserver started early ends by itself once its imports are done
         return error(str(exc))
     from dlx.sweep.cli import run_hydra
     from dlx.sweep.task import SweepTask
