@@ -282,7 +282,9 @@ def test_a_killed_worker_fails_only_its_trial(workdir):
     pids = trial_pids(text)
     assert pids[1] == victim and pids[2] != victim
     started = re.findall(r"worker (\d+) starting", text)
-    assert len(started) == 3 and str(victim) in started[:2], started  # two, then one in the victim's place
+    # two, then one in the victim's place if trial 2 still waited for a worker when it died (on a quiet machine
+    # the other worker has often taken it by then)
+    assert len(started) in (2, 3) and str(victim) in started[:2], started
     runs = runs_by_trial(workdir)
     assert runs[1].info.status == "FAILED" and reason in runs[1].data.tags["dlx.error"]
     assert {runs[i].info.status for i in (0, 2)} == {"FINISHED"}

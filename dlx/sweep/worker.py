@@ -26,12 +26,13 @@ from pathlib import Path
 
 def _watch_parent() -> None:
     """The sweep died without stopping us (SIGKILL): end the trial the way SIGTERM does, so dlx.run
-    closes its MLflow run KILLED, and leave if even that does not end the process. The parent
-    process's sentinel (multiprocessing) is the sweep's, whichever process forked this one."""
+    closes its MLflow run KILLED and the worker returns through its normal exit. A worker still alive a
+    minute later is wedged (no exit hook of it would run either), and is killed as an orphan would be.
+    The parent process's sentinel (multiprocessing) is the sweep's, whichever process forked this one."""
     wait([multiprocessing.parent_process().sentinel])
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(60)
-    os._exit(1)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def warm_up() -> None:
