@@ -288,15 +288,12 @@ def cmd_ui(args: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="dlx ui", description="Open the MLflow UI on the tracking store.")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: only this machine; another "
-                   "address needs --expose)")
-    p.add_argument("--expose", action="store_true", help="allow a --host beyond this machine, e.g. 0.0.0.0: "
-                   "whoever reaches the port can read and change every run")
-    p.add_argument("--auth", action="store_true", help="MLflow's basic-auth login (mlflow ui --app-name "
-                   "basic-auth; needs mlflow[auth]; set MLFLOW_AUTH_ADMIN_PASSWORD on the first start)")
-    p.add_argument("--allowed-hosts", default=None, help="Host headers the server answers, comma-separated "
-                   "(passed to mlflow ui; MLflow's default: localhost and private addresses)")
-    p.add_argument("--workers", type=int, default=1, help="server worker processes")
+    from dlx.runs import add_serving_arguments
+
+    add_serving_arguments(p, auth_help="MLflow's basic-auth login (mlflow ui --app-name basic-auth; needs "
+                          "mlflow[auth]; set MLFLOW_AUTH_ADMIN_PASSWORD on the first start)",
+                          allowed_help="Host headers the server answers, comma-separated (passed to mlflow ui; "
+                          "MLflow's default: localhost and private addresses)")
     p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or outputs/mlflow.db)")
     ns = p.parse_args(args)
     from dlx.config import ConfigError

@@ -98,6 +98,19 @@ def ui_command(*, uri: str | None, host: str, port: int, workers: int = 1, expos
     return cmd
 
 
+def add_serving_arguments(p, *, auth_help: str, allowed_help: str) -> None:
+    """The options `dlx ui` and `dlx server` share: where the server listens, who may reach it, its workers."""
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: only this machine; another "
+                   "address needs --expose)")
+    p.add_argument("--expose", action="store_true", help="allow a --host beyond this machine, e.g. 0.0.0.0: "
+                   "whoever reaches the port can read and change every run")
+    p.add_argument("--auth", action="store_true", help=auth_help)
+    p.add_argument("--allowed-hosts", default=None, help=allowed_help)
+    # one worker serves many clients (each request runs in a thread of it); MLflow's default of 4 took 36-47 s
+    # to start on 2 cores
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (default: 1)")
+
+
 def check_serving(host: str, expose: bool, auth: bool) -> None:
     """Raise ConfigError for a host beyond loopback without `expose`, or `auth` without what it needs (`dlx ui`
     and `dlx server`)."""

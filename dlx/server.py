@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from dlx.config import ConfigError
+from dlx.runs import add_serving_arguments
 
 SERVER_ROOT = Path("outputs") / "server"  # the default store of `dlx server`: outputs/server/{mlflow.db,mlartifacts}
 DEFAULT_PORT = 5000
@@ -44,18 +45,10 @@ def parser() -> argparse.ArgumentParser:
                    f"sqlite:///{SERVER_ROOT}/mlflow.db)")
     p.add_argument("--artifacts-destination", default=None, help="where the server keeps uploaded artifacts: "
                    f"a folder or a URI such as s3://bucket/path (default: {SERVER_ROOT}/mlartifacts)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: only this machine; another "
-                   "address needs --expose)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--expose", action="store_true", help="allow a --host beyond this machine, e.g. 0.0.0.0: "
-                   "whoever reaches the port can read and change every run")
-    p.add_argument("--auth", action="store_true", help="MLflow's basic-auth login (needs mlflow[auth]; set "
-                   "MLFLOW_AUTH_ADMIN_PASSWORD on the first start)")
-    p.add_argument("--allowed-hosts", default=None, help="Host headers the server answers, comma-separated "
-                   "(MLflow's default: localhost and private addresses)")
-    # one worker serves many clients (each request runs in a thread of it); MLflow's default of 4 took 36-47 s
-    # to start on 2 cores
-    p.add_argument("--workers", type=int, default=1, help="server worker processes (default: 1)")
+    add_serving_arguments(p, auth_help="MLflow's basic-auth login (needs mlflow[auth]; set MLFLOW_AUTH_ADMIN_PASSWORD "
+                          "on the first start)", allowed_help="Host headers the server answers, comma-separated "
+                          "(MLflow's default: localhost and private addresses)")
     return p
 
 
