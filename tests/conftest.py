@@ -4,8 +4,10 @@ embedded MLflow store (outputs/mlflow.db there) back with MlflowClient."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,24 @@ def run_cli_batch(cases: list[list[str]], cwd: Path, files: list[Path] = ()) -> 
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")), None)
     assert line is not None, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads(line.removeprefix("RESULTS "))
+
+
+def read_until(proc: subprocess.Popen, pattern, lines: list[str] | None = None, timeout: float = 180):
+    """Read a process's stdout line by line (kept in `lines`) until one holds `pattern`, a string or a compiled
+    regular expression; returns that line, or the match. Fails with the output seen when the process ends or
+    the time runs out first."""
+    lines = [] if lines is None else lines
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        found = pattern.search(line) if isinstance(pattern, re.Pattern) else (pattern in line and line)
+        if found:
+            return found
+    shown = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
+    raise AssertionError(f"no line with {shown!r} (ended or {timeout:g} s passed):\n{''.join(lines)[-4000:]}")
 
 
 def store_uri(workdir: Path) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 if __name__ != "__main__":
     import pytest
-    from conftest import all_runs, client_for, dlx_env, run_dlx
+    from conftest import all_runs, client_for, dlx_env, read_until, run_dlx
 
 TRIAL = ["trainer=quick", "trainer.progress=none", "model.width=32", "dataset.val_fraction=0.2"]
 PID_LINE = re.compile(r"trial (\d+) running in pid (\d+)")
@@ -143,18 +143,6 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def read_until(proc: subprocess.Popen, lines: list[str], pattern: re.Pattern, timeout: float = 120) -> re.Match:
-    """Read the app's output line by line (kept in `lines`) until `pattern` matches."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError("the app ended before printing " + pattern.pattern + "\n" + "".join(lines)[-4000:])
-        lines.append(line)
-        match = pattern.search(line)
-        if match:
-            return match
-    raise AssertionError(f"no {pattern.pattern} within {timeout} s")
 
 
 def running_run(workdir: Path, trial: int):
@@ -266,7 +254,7 @@ def test_a_killed_worker_fails_only_its_trial(workdir):
     proc = start_app(workdir, ["hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"], trials)
     lines: list[str] = []
     try:
-        victim = int(read_until(proc, lines, re.compile(r"trial 1 running in pid (\d+)"))[1])
+        victim = int(read_until(proc, re.compile(r"trial 1 running in pid (\d+)"), lines)[1])
         wait_for(lambda: running_run(workdir, 1), 60, "trial 1's MLflow run")
         os.kill(victim, signal.SIGKILL)
         results, text = finish(proc, lines)
@@ -298,8 +286,8 @@ def test_sigterm_of_dlx_sweep_stops_its_workers_and_every_run_ends_killed(workdi
                             cwd=workdir, env=dlx_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:
-        read_until(proc, lines, re.compile(r"trial [01] running in pid"))
-        read_until(proc, lines, re.compile(r"trial [01] running in pid"))
+        read_until(proc, re.compile(r"trial [01] running in pid"), lines)
+        read_until(proc, re.compile(r"trial [01] running in pid"), lines)
         wait_for(lambda: running_run(workdir, 0) and running_run(workdir, 1), 60, "both trials' runs", proc)
         proc.send_signal(signal.SIGTERM)
         _, text = finish(proc, lines, timeout=90)

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, all_runs, client_for, dlx_env, run_dlx
+from conftest import QUICK, all_runs, client_for, dlx_env, read_until, run_dlx
 
 from dlx import spool
 
@@ -34,17 +34,6 @@ def start_train(workdir: Path, *args: str, **env: str) -> subprocess.Popen:
                             env=dlx_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 120) -> list[str]:
-    """Read the process's stdout until a line holds `text`; returns the lines read."""
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if text in line:
-            return lines
-    raise AssertionError(f"no line with {text!r} in {''.join(lines)}")
 
 
 class Lock(threading.Thread):
@@ -93,7 +82,7 @@ def test_processes_that_create_a_new_store_at_once_all_finish(n, workdir):
 
 def test_a_store_locked_past_the_patience_leaves_a_spool_that_dlx_sync_replays(workdir):
     proc = start_train(workdir, f"trainer.epochs={EPOCHS}", DLX_STORE_PATIENCE="1")
-    wait_for_line(proc, f"epoch 1/{EPOCHS}")
+    read_until(proc, f"epoch 1/{EPOCHS}")
     lock = Lock(workdir / "outputs" / "mlflow.db")
     lock.start()
     assert lock.taken.wait(60)
@@ -123,7 +112,7 @@ def test_a_store_locked_past_the_patience_leaves_a_spool_that_dlx_sync_replays(w
 
 def test_a_lock_across_the_end_of_the_run_is_waited_out(workdir):
     proc = start_train(workdir, f"trainer.epochs={EPOCHS}", DLX_STORE_PATIENCE="120")
-    wait_for_line(proc, f"epoch 1/{EPOCHS}")
+    read_until(proc, f"epoch 1/{EPOCHS}")
     lock = Lock(workdir / "outputs" / "mlflow.db", seconds=22)  # longer than MLflow's own 20 s wait
     lock.start()
     assert lock.taken.wait(60)
@@ -140,7 +129,7 @@ def test_a_lock_across_the_end_of_the_run_is_waited_out(workdir):
 
 def test_the_points_of_a_sigkilled_run_are_recovered_by_dlx_sync(workdir):
     proc = start_train(workdir, f"trainer.epochs={EPOCHS * 10}")
-    wait_for_line(proc, f"epoch 20/{EPOCHS * 10}")
+    read_until(proc, f"epoch 20/{EPOCHS * 10}")
     proc.send_signal(signal.SIGKILL)
     finish(proc)
     (path,) = (workdir / "outputs").rglob(f"*{spool.SUFFIX}")
@@ -193,7 +182,7 @@ def test_a_server_that_dies_mid_run_costs_seconds_and_loses_no_point(workdir):
     server = serve(workdir, port)
     proc = start_train(workdir, f"trainer.epochs={EPOCHS * 3}", f"tracking.uri={uri}", DLX_STORE_PATIENCE="5")
     try:
-        wait_for_line(proc, f"epoch 3/{EPOCHS * 3}")
+        read_until(proc, f"epoch 3/{EPOCHS * 3}")
     finally:
         server.terminate()
         server.wait(30)

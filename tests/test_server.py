@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import QUICK, dlx_env, run_cli_batch, run_dlx
+from conftest import QUICK, dlx_env, read_until, run_cli_batch, run_dlx
 from mlflow_servers import EPOCH_KEYS, Server, assert_complete, free_port, points
 
 from dlx import spool
@@ -132,9 +132,9 @@ def test_a_server_restarted_mid_run_loses_no_point(tmp_path):
                             stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:
-        read_until(proc, lines, f"epoch 3/{epochs}")
+        read_until(proc, f"epoch 3/{epochs}", lines, timeout=300)
         srv.stop()
-        read_until(proc, lines, "could not write")  # the run saw the server go, and trains on
+        read_until(proc, "could not write", lines, timeout=300)  # the run saw the server go, and trains on
         srv = Server(home, port)
         out, _ = proc.communicate(timeout=600)
         text = "".join(lines) + out
@@ -150,16 +150,6 @@ def test_a_server_restarted_mid_run_loses_no_point(tmp_path):
     assert not list(tmp_path.rglob(f"*{spool.SUFFIX}"))
 
 
-def read_until(proc: subprocess.Popen, lines: list[str], text: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if text in line:
-            return
-    raise AssertionError(f"no line with {text!r} in {''.join(lines)[-3000:]}")
 
 
 def test_a_run_that_gave_up_on_the_server_sends_everything_when_it_is_back(server, tmp_path, monkeypatch):

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, all_runs, client_for, dlx_env, run_dlx
+from conftest import QUICK, all_runs, client_for, dlx_env, read_until, run_dlx
 
 DETERMINISTIC = ["trainer.deterministic=true", "model.width=32", "trainer.progress=plain"]
 
@@ -111,18 +110,6 @@ def test_same_seed_is_identical_and_another_seed_differs(tmp_path: Path):
     assert results[0]["train/loss_step"] != results[2]["train/loss_step"]
 
 
-def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 180) -> list[str]:
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        seen.append(line)
-        if needle in line:
-            return seen
-    raise AssertionError(f"never saw {needle!r}; output:\n{''.join(seen)}")
 
 
 def start_dlx(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -134,7 +121,7 @@ def sigkill_at(args: list[str], cwd: Path, line: str) -> subprocess.Popen:
     """Start `dlx ARGS`, SIGKILL it once it prints `line`, and return the ended process."""
     proc = start_dlx(args, cwd)
     try:
-        wait_for_line(proc, line)
+        read_until(proc, line)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(30)
@@ -191,7 +178,7 @@ def test_sigterm_marks_run_killed_and_keeps_last_checkpoint(workdir: Path):
     proc = start_dlx(["train", *DETERMINISTIC, "trainer.epochs=200", "trainer.checkpoint.max_overhead=1e-9"],
                      workdir)
     try:
-        wait_for_line(proc, "epoch 2/200")
+        read_until(proc, "epoch 2/200")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
