@@ -6,6 +6,7 @@ objects and no numpy arrays, which the weights-only unpickler refuses.
 
 from __future__ import annotations
 
+import copy as _copy
 import os
 import pickle
 import random
@@ -16,7 +17,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlx.engine import Trainer, TrainState, on_cpu
+from dlx.engine import Trainer, TrainState
+
+
+def on_cpu(state: Any, copy: bool = False) -> Any:
+    """A copy of `state` whose tensors are all on the CPU, for a checkpoint that loads anywhere. Tensors
+    already there are shared unless `copy`: serialize the result before the next step changes them."""
+    if isinstance(state, torch.Tensor):
+        if state.device.type != "cpu":
+            return state.detach().to("cpu")
+        return state.detach().clone() if copy else state.detach()
+    if isinstance(state, dict):
+        return {k: on_cpu(v, copy) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(on_cpu(v, copy) for v in state)
+    return _copy.deepcopy(state)
+
 
 FORMAT_VERSION = 1
 

@@ -10,7 +10,6 @@ where the divergence guard also looks.
 from __future__ import annotations
 
 import contextlib
-import copy as _copy
 import gc
 import logging
 import math
@@ -410,17 +409,3 @@ def _hits(window: list, on_host: bool, task: Task = LABELS):
 
 def _prefix(prefix: str, metrics: dict) -> dict:
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
-
-
-def on_cpu(state: Any, copy: bool = False) -> Any:
-    """A copy of `state` whose tensors are all on the CPU, for a checkpoint that loads anywhere. Tensors
-    already there are shared unless `copy`: serialize the result before the next step changes them."""
-    if isinstance(state, torch.Tensor):
-        if state.device.type != "cpu":
-            return state.detach().to("cpu")
-        return state.detach().clone() if copy else state.detach()
-    if isinstance(state, dict):
-        return {k: on_cpu(v, copy) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(on_cpu(v, copy) for v in state)
-    return _copy.deepcopy(state)

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 
 from dlx.build import build
 from dlx.callbacks import CheckpointCallback
-from dlx.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from dlx.checkpoint import CheckpointError, load_checkpoint, on_cpu, read_checkpoint, save_checkpoint
 from dlx.compose import compose
-from dlx.engine import Callback, on_cpu
+from dlx.engine import Callback
 
 
 def test_one_serialization_two_names_then_independent_files(tmp_path: Path):
