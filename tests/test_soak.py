@@ -21,8 +21,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, all_runs, client_for, dlx_env, run_dlx
-from test_reliability_store import Lock, finish, free_port, serve, start_train, wait_for_line
+from conftest import QUICK, all_runs, client_for, dlx_env, read_until, run_dlx
+from test_reliability_store import Lock, finish, free_port, serve, start_train
 
 from dlx import spool
 
@@ -109,7 +109,7 @@ def test_a_signal_at_a_random_epoch_then_resume(name, tmp_path: Path):
         work.mkdir()
         at = RNG.randint(2, EPOCHS - 5)
         proc = start_train(work, "trainer.deterministic=true", f"trainer.epochs={EPOCHS}")
-        wait_for_line(proc, f"epoch {at}/{EPOCHS}")
+        read_until(proc, f"epoch {at}/{EPOCHS}")
         time.sleep(RNG.uniform(0, 0.1))  # somewhere inside the next epoch
         proc.send_signal(SIGNALS[name])
         out, err = finish(proc)
@@ -145,7 +145,7 @@ def test_a_signal_to_a_sweep_then_resume(name, tmp_path: Path):
         work.mkdir()
         proc = subprocess.Popen([sys.executable, "-m", "dlx", "sweep", *SWEEP], cwd=work, env=dlx_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for_line(proc, "running in pid", timeout=300)
+        read_until(proc, "running in pid", timeout=300)
         time.sleep(RNG.uniform(0, 15))  # from the first trials' start to the middle of the last ones
         assert proc.poll() is None, "the sweep ended before the fault: make its trials longer"
         proc.send_signal(SIGNALS[name])
@@ -185,7 +185,7 @@ def test_a_store_locked_for_a_random_while(tmp_path: Path):
         work.mkdir()
         patience = 5 if outlasts else 120
         proc = start_train(work, "trainer.epochs=400", DLX_STORE_PATIENCE=str(patience))
-        wait_for_line(proc, f"epoch {RNG.randint(1, 20)}/400")
+        read_until(proc, f"epoch {RNG.randint(1, 20)}/400")
         # MLflow itself waits 20 s on a locked SQLite file: a lock meant to be waited out lasts longer
         lock = Lock(work / "outputs" / "mlflow.db", seconds=600 if outlasts else RNG.uniform(21, 30))
         lock.start()
@@ -228,7 +228,7 @@ def test_a_full_filesystem_under_the_store(tmp_path: Path):
             work = tmp_path / f"r{round_}"
             work.mkdir()
             proc = start_train(work, "trainer.epochs=400", f"tracking.uri={uri}", DLX_STORE_PATIENCE="3")
-            wait_for_line(proc, f"epoch {RNG.randint(1, 20)}/400")
+            read_until(proc, f"epoch {RNG.randint(1, 20)}/400")
             filler = where / "filler"
             with open(filler, "wb") as f:  # fill every byte that is left
                 try:
@@ -275,7 +275,7 @@ def test_a_server_down_at_start_and_mid_run(tmp_path: Path):
         server = serve(work, port)
         proc = start_train(work, "trainer.epochs=400", f"tracking.uri={uri}", DLX_STORE_PATIENCE="5")
         try:
-            wait_for_line(proc, f"epoch {RNG.randint(1, 20)}/400")
+            read_until(proc, f"epoch {RNG.randint(1, 20)}/400")
         finally:
             server.terminate()
             server.wait(30)
