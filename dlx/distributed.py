@@ -74,9 +74,20 @@ def problems(cfg) -> list[str]:
     if t.nodes > 1 and not t.rdzv_endpoint:
         out.append(f"trainer.nodes={t.nodes} needs trainer.rdzv_endpoint=HOST:PORT, a free port on one of the "
                    "nodes, the same on every node")
+    elif t.nodes > 1 and not endpoint_ok(str(t.rdzv_endpoint)):
+        out.append(f"trainer.rdzv_endpoint={t.rdzv_endpoint}: allowed HOST:PORT ([IPv6]:PORT), PORT 1 to 65535, "
+                   "the same on every node")
     if t.node_rank is not None and t.node_rank >= t.nodes:
         out.append(f"trainer.node_rank={t.node_rank} is out of range: allowed null or 0 to {t.nodes - 1}")
     return out
+
+
+def endpoint_ok(endpoint: str) -> bool:
+    """Whether torchrun can read `endpoint` as its rendezvous: a host and a port it can bind or reach."""
+    import re
+
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]+):(\d{1,5})", endpoint)
+    return m is not None and 1 <= int(m[2]) <= 65535
 
 
 # ---------------------------------------------------------------------------------------------- in the loop
@@ -139,7 +150,8 @@ def torchrun_args(t: dict, home: Path) -> list[str]:
     """torchrun's options for the trainer config `t`: one node alone (--standalone: a free port on this host),
     or the rendezvous of several nodes at trainer.rdzv_endpoint."""
     n = int(t["devices"])
-    args = [f"--nproc-per-node={n}", "--max-restarts=0", f"--log-dir={home / 'logs'}"]
+    args = [f"--nproc-per-node={n}", "--max-restarts=0", f"--log-dir={home / 'logs'}",
+            f"--shutdown-timeout={shutdown_timeout()}"]
     if n > 1:  # only rank 0 prints: the other local ranks' output goes to their files under ddp/logs
         args.append("--redirects=" + ",".join(f"{i}:3" for i in range(1, n)))
     if int(t["nodes"]) == 1:
@@ -148,6 +160,15 @@ def torchrun_args(t: dict, home: Path) -> list[str]:
     if t.get("node_rank") is None:  # the c10d rendezvous numbers the nodes; one id per job, the same on each
         return [*args, "--rdzv-backend=c10d", f"--rdzv-id={os.environ.get('SLURM_JOB_ID', 'dlx')}"]
     return [*args, "--rdzv-backend=static", f"--node-rank={t['node_rank']}"]
+
+
+def shutdown_timeout() -> int:
+    """Seconds torchrun gives stopped ranks before SIGKILL (its default, 30, is shorter than one wait for a busy or
+    unreachable store): rank 0 closing its run waits out the store twice at most (the run's end, its log files),
+    and then spools what the store did not take."""
+    from dlx.tracking import store_patience
+
+    return int(2 * store_patience()) + 30
 
 
 def launch(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, checkpoint: dict | None,
@@ -181,6 +202,9 @@ def launch(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, che
     (home / SPEC).write_text(json.dumps(spec))
     args = [*torchrun_args(cfg["trainer"], home), "--module", "dlx.distributed", str(home / SPEC)]
     log.info("training over %d processes: torchrun %s", world_size(cfg["trainer"]), " ".join(args))
+    # which run rank 0 opens: the resumed one, or one started from now on in this run folder
+    mine = _Mine(run_dir, since_ms=int(time.time() * 1000) - 1000,
+                 run_id=checkpoint.get("run_id") if checkpoint is not None else None)
     import threading
 
     # torchrun sets its own handlers (in the main thread only) and leaves them: a sweep worker's stay its own
@@ -195,11 +219,14 @@ def launch(cfg: dict, *, run_dir: Path, overrides: list[str], choices: dict, che
     try:
         torchrun.run(torchrun.parse_args(args))
     except ChildFailedError as exc:
-        raise _failure(exc.failures, home, cfg, run_dir) from None
+        raise _failure(exc.failures, home, cfg, mine) from None
     except SignalException as exc:  # torchrun passed the signal on to every rank; rank 0 closed the run
         lead = _outcome(home, 0)
         code = 130 if exc.sigval == signal.SIGINT else 128 + int(exc.sigval)
-        raise RunError(lead["message"] if lead else f"run KILLED: {exc.sigval.name}", code) from None
+        message = f"run KILLED: {exc.sigval.name}"
+        if lead is None:  # rank 0 ended before it could close the run (killed, or stuck past the grace)
+            _close(cfg, mine, message, None, "KILLED", "interrupted", running_only=True)
+        raise RunError(lead["message"] if lead else message, code) from None
     except RendezvousError as exc:  # the nodes did not meet: no rank started
         raise RunError(f"error: the nodes did not meet at trainer.rdzv_endpoint={cfg['trainer']['rdzv_endpoint']}: "
                        f"{type(exc).__name__}: {exc}", 1) from None
@@ -222,7 +249,18 @@ def _outcome(home: Path, rank: int) -> dict | None:
         return None
 
 
-def _failure(failures: dict, home: Path, cfg: dict, run_dir: Path) -> BaseException:
+class _Mine:
+    """The MLflow run of one launch: rank 0's, tagged with the run folder (dlx.run_dir), either the run it resumed
+    or one started since the launch; not a run that an earlier command left in the same folder."""
+
+    def __init__(self, run_dir: Path, since_ms: int, run_id: str | None):
+        self.run_dir, self.since_ms, self.run_id = run_dir, since_ms, run_id
+
+    def __call__(self, run) -> bool:
+        return run.info.run_id == self.run_id or run.info.start_time >= self.since_ms
+
+
+def _failure(failures: dict, home: Path, cfg: dict, mine: _Mine) -> BaseException:
     """The error that ends the run, from the ranks torchrun found failed (before it stopped the others): a rank
     that died without writing its outcome (a signal, the OOM killer) first, else the earliest outcome; rank 0's
     when it found a configuration error, as every rank does."""
@@ -244,32 +282,37 @@ def _failure(failures: dict, home: Path, cfg: dict, run_dir: Path) -> BaseExcept
             return Pruned(text)
         return RunError(text if kind == "run" else f"run FAILED: rank 0: {text}", outcomes[0]["code"])
     message = f"rank {rank}: {text}"
-    _close_failed(cfg, run_dir, message, home / f"rank{rank}.log")
+    _close(cfg, mine, message, home / f"rank{rank}.log", "FAILED", "failed")
     return RunError(f"run FAILED: {message}", 1)
 
 
-def _close_failed(cfg: dict, run_dir: Path, message: str, rank_log: Path) -> None:
-    """Close rank 0's run FAILED with another rank's error, its log (and traceback) beside rank 0's: torchrun
-    stopped rank 0 after that rank failed, and rank 0 closed it KILLED (or FAILED with the broken connection it
-    saw)."""
+def _close(cfg: dict, mine: _Mine, message: str, rank_log: Path | None, status: str, outcome: str,
+           running_only: bool = False) -> None:
+    """Close this launch's run with `status` and a rank's error, that rank's log (and traceback) beside rank 0's.
+    FAILED by another rank: torchrun stopped rank 0 after that rank failed, and rank 0 had closed it KILLED (or
+    FAILED with the broken connection it saw). KILLED, `running_only`: rank 0 did not close it. The store is
+    waited for as a run waits for it."""
     tc = cfg["tracking"]
     if not tc["enabled"]:
         return
     from dlx.redact import redact
-    from dlx.tracking import open_store, resolve_uri
+    from dlx.tracking import open_store, patiently, resolve_uri, store_patience
 
     uri, artifacts = resolve_uri(tc["uri"], tc["artifact_location"])
     try:
-        client, experiment = open_store(uri, tc["experiment"], artifacts)
-        where = str(run_dir.resolve()).replace("'", "\\'")
-        for run in client.search_runs([experiment], filter_string=f"tags.`dlx.run_dir` = '{where}'"):
-            for key, value in redact({"dlx.error": message, "dlx.outcome": "failed"}).items():
+        patience = store_patience()
+        client, experiment = patiently(lambda: open_store(uri, tc["experiment"], artifacts), patience)
+        where = str(mine.run_dir.resolve()).replace("'", "\\'")
+        runs = patiently(lambda: client.search_runs([experiment], filter_string=f"tags.`dlx.run_dir` = '{where}'"),
+                         patience)
+        for run in [r for r in runs if mine(r) and (r.info.status == "RUNNING" or not running_only)]:
+            for key, value in redact({"dlx.error": message, "dlx.outcome": outcome}).items():
                 client.set_tag(run.info.run_id, key, value)
-            if rank_log.is_file():
+            if rank_log is not None and rank_log.is_file():
                 client.log_artifact(run.info.run_id, str(rank_log), "logs")
-            client.set_terminated(run.info.run_id, status="FAILED")
+            client.set_terminated(run.info.run_id, status=status)
     except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
-        log.error("could not close the run FAILED in %s: %s", uri, exc)
+        log.error("could not close the run %s in %s: %s", status, uri, exc)
 
 
 # ---------------------------------------------------------------------------------------------- one rank
@@ -281,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     _log_to(spec, home, rank)
     signal.signal(signal.SIGINT, _interrupt_once)
+    import threading
+
+    threading.Thread(target=_watch_launcher, args=(os.getppid(),), name="dlx-launcher-watch", daemon=True).start()
     from dlx.errors import Pruned, RunError, Terminated
     from dlx.run import sigterm_as_interrupt
 
@@ -310,6 +356,18 @@ def main(argv: list[str] | None = None) -> int:
 
     dist.destroy_process_group()
     return 0
+
+
+def _watch_launcher(launcher: int) -> None:
+    """torchrun starts each rank in a session of its own and stops it itself; a launcher that dies first (SIGKILL,
+    the out-of-memory killer, a sweep worker killed with its trial) would leave the ranks training on: the rank
+    then ends as on SIGTERM (rank 0 closes the run KILLED), and is killed a minute later if it is stuck (in a
+    collective whose peer is gone, say), as an orphan would be."""
+    while os.getppid() == launcher:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _interrupt_once(signum, frame):

@@ -10,6 +10,7 @@ variants at the end need CUDA devices and skip without them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -101,7 +102,7 @@ def armed_fault(workdir: Path, how: str) -> str:
 def check_failed_by_rank_1(workdir: Path, proc, expected: str):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert not (workdir / "armed").exists()  # rank 1 reached step 30 (epoch 2)
-    [run] = all_runs(workdir)
+    [run] = [r for r in all_runs(workdir) if r.data.params.get("trainer.devices") == "2"]
     error = run.data.tags["dlx.error"]
     assert run.info.status == "FAILED" and error.startswith(f"rank 1: {expected}"), error
     assert proc.stderr.splitlines()[-1].startswith(f"dlx: run FAILED: rank 1: {expected}"), proc.stderr
@@ -113,12 +114,17 @@ def check_failed_by_rank_1(workdir: Path, proc, expected: str):
 
 
 def test_a_rank_that_raises_fails_the_run_with_its_error_and_the_run_resumes_on_every_rank(workdir):
+    # an earlier run in the same run folder (hydra.run.dir) is not this one: it stays as it ended
+    folder = f"hydra.run.dir={workdir / 'outputs' / 'exp'}"
+    run_dlx(["train", *QUICK, folder], workdir, check=True)
     fault = armed_fault(workdir, "raise")
-    proc = run_dlx(["train", *TWO, fault], workdir)
+    proc = run_dlx(["train", *TWO, fault, folder], workdir)
     run = check_failed_by_rank_1(workdir, proc, "RuntimeError: injected fault on rank 1 at step 30")
+    [earlier] = [r for r in all_runs(workdir) if r.info.run_id != run.info.run_id]
+    assert earlier.info.status == "FINISHED" and "dlx.error" not in earlier.data.tags
     # rank 0 reads the checkpoint of epoch 1 and every rank loads it: the run ends where one process ends
     proc = run_dlx(["train", *TWO, fault, f"trainer.resume={run.info.run_id}"], workdir, check=True)
-    [resumed] = all_runs(workdir)
+    [resumed] = [r for r in all_runs(workdir) if r.info.run_id == run.info.run_id]
     assert resumed.data.tags["dlx.resumed_from_epoch"] == "1"
     check_one_run_of_rank_0(workdir, proc, resumed)
 
@@ -150,6 +156,31 @@ def test_ctrl_c_ends_every_rank_and_the_run_killed(workdir):
     assert not [pid for pid in ranks if _alive(pid)]
 
 
+def test_ranks_end_with_a_launcher_that_is_killed(workdir):
+    """torchrun starts the ranks in sessions of their own: `dlx train` SIGKILLed (the out-of-memory killer, a sweep
+    worker killed with its trial) leaves nobody to stop them but themselves; they end, and rank 0 closes the run."""
+    proc = subprocess.Popen([sys.executable, "-m", "dlx", "train", *LONG], cwd=workdir,
+                            env=dlx_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("epoch 1/500" in f.read_text()
+                                                      for f in workdir.glob("outputs/runs/*/*/train.log")):
+            time.sleep(0.5)
+        ranks = _rank_pids(workdir)
+        assert len(ranks) == 2, ranks
+        proc.kill()
+        proc.communicate(timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and [pid for pid in ranks if _alive(pid)]:
+            time.sleep(0.5)
+        assert not [pid for pid in ranks if _alive(pid)], "ranks outlived their launcher"
+    finally:
+        for pid in _rank_pids(workdir):
+            os.kill(pid, signal.SIGKILL)
+    [run] = all_runs(workdir)
+    assert run.info.status == "KILLED", (run.info.status, run.data.tags.get("dlx.error"))
+
+
 def _rank_pids(workdir: Path) -> list[int]:
     """The processes running `-m dlx.distributed` for a run under workdir."""
     pids = []
@@ -178,10 +209,12 @@ def test_ddp_settings_this_machine_cannot_run_exit_2_before_any_rank_starts(work
         "trainer.device=mps": "each rank takes a device of its own",
         "trainer.nodes=2": "trainer.rdzv_endpoint=HOST:PORT",
         "trainer.node_rank=1": "trainer.node_rank=1 is out of range: allowed null or 0 to 0",
+        "trainer.nodes=2 trainer.rdzv_endpoint=localhost:abc": "trainer.rdzv_endpoint=localhost:abc: allowed "
+                                                               "HOST:PORT ([IPv6]:PORT), PORT 1 to 65535",
     }
-    results = run_cli_batch([["train", "trainer.devices=2", case] for case in cases], workdir)
+    results = run_cli_batch([["train", "trainer.devices=2", *case.split()] for case in cases], workdir)
     for case, needle in cases.items():
-        code, err, left = results[f'["train", "trainer.devices=2", "{case}"]']
+        code, err, left = results[json.dumps(["train", "trainer.devices=2", *case.split()])]
         # one line, or one per problem under a header where the machine adds its own (no MPS device here)
         assert code == 2 and err.startswith("dlx: error: ") and "Traceback" not in err, (case, err)
         assert needle in err, (case, err)
@@ -240,16 +273,20 @@ def test_one_nccl_rank_through_torchrun(workdir):
     assert run.info.status == "FINISHED" and run.data.metrics["test/acc"] > 0.1
 
 
-@pytest.mark.slow
-def test_a_sweep_runs_ddp_trials(workdir):
+def test_a_sweep_runs_ddp_trials_on_the_pool_each_with_a_gpu_per_rank(workdir):
     """A trial is one `dlx.run.train`, whichever launcher runs it (the local pool here; a SLURM job alike, with
-    hydra.launcher.gpus_per_node for its ranks): it starts its ranks the way `dlx train` does."""
-    proc = run_dlx(["sweep", "trainer.devices=2", *QUICK, "trainer.progress=none", "seed=0"], workdir, check=True)
+    hydra.launcher.gpus_per_node for its ranks): it starts its ranks the way `dlx train` does. On the pool, each
+    worker gets as many of the visible CUDA devices as trainer.devices asks (here four named, the ranks on gloo)."""
+    proc = run_dlx(["sweep", "trainer.devices=2", *QUICK, "trainer.progress=none", "seed=0,1",
+                    "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"], workdir, check=True,
+                   env={**dlx_env(), "CUDA_VISIBLE_DEVICES": "0,1,2,3"})
     runs = all_runs(workdir)
-    [trial] = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert trial.info.status == "FINISHED" and trial.data.params["trainer.devices"] == "2"
+    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 3 and {t.info.status for t in trials} == {"FINISHED"}
+    assert {t.data.params["trainer.devices"] for t in trials} == {"2"}
+    assert sorted(t.data.tags["gpus"] for t in trials) == ["0,1", "2,3"]
     # a quiet trial's table goes to its log (and the console only as a log line), as one process's does
-    assert len(runs) == 2 and not [ln for ln in proc.stdout.splitlines() if ln.startswith("dlx train: FINISHED")]
+    assert not [ln for ln in proc.stdout.splitlines() if ln.startswith("dlx train: FINISHED")]
 
 
 @pytest.mark.slow
