@@ -373,10 +373,10 @@ def test_slurm_launcher_configs_compose():
 def test_sweep_through_submitits_local_executor(workdir):
     """The slurm launcher's code path without a cluster: each trial a pickled submitit job run by a fresh
     interpreter, its result read back from disk; both trials in one batch, which the local executor
-    runs at once."""
+    runs at once. One of them trains over two processes: a SLURM job starts its ranks as `dlx train` does."""
     _require_submitit()
-    proc = run_dlx(["sweep", "seed=0,1", *TRIAL, "hydra/launcher=slurm_local", "hydra.sweeper.batch_size=2"],
-                   workdir, timeout=480)
+    proc = run_dlx(["sweep", "trainer.devices=1,2", "trainer.device=cpu", *TRIAL, "hydra/launcher=slurm_local",
+                    "hydra.sweeper.batch_size=2"], workdir, timeout=480)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 ok, 0 failed" in proc.stdout, proc.stdout[-3000:]
     assert "UserWarning" not in proc.stderr  # no option of ours shadows the plugin's own
@@ -386,6 +386,7 @@ def test_sweep_through_submitits_local_executor(workdir):
     assert len(parent) == 1 and len(trials) == 2
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent[0].info.run_id}
     assert {r.info.status for r in trials} == {"FINISHED"}
+    assert sorted(r.data.params["trainer.devices"] for r in trials) == ["1", "2"]
     # each trial ran as a submitit job: its pickled result and logs are in the sweep's .submitit folder
     assert len(list((workdir / "outputs" / "sweeps").rglob(".submitit/*/*_result.pkl"))) == 2
 
@@ -472,6 +473,42 @@ def test_gpus_per_trial_beyond_the_visible_devices_is_a_user_error(workdir):
     assert proc.stderr.strip() == ("dlx: error: hydra.launcher.gpus_per_trial=3: 2 CUDA device(s) visible (0,1); "
                                    "allowed: 0 (trials on the CPU) to 2, or null (one each where there are any)")
     assert not (workdir / "outputs" / "mlflow.db").exists()
+
+
+def test_the_pool_s_devices_are_checked_against_the_trials_ranks_wherever_they_are_set(workdir):
+    """hydra.launcher.gpus_per_trial from a config file is checked as on the command line; a trial over several
+    GPUs (trainer.devices=N) needs N per worker: given by default, refused when fewer are given or visible."""
+    study = workdir / "mine" / "study" / "pooled.yaml"
+    study.parent.mkdir(parents=True)
+    study.write_text("# @package _global_\ndefaults:\n  - override /hydra/launcher: dlx_local\n"
+                     "hydra:\n  launcher:\n    n_jobs: 2\n    gpus_per_trial: 1\n")
+    pool = ["sweep", "seed=0,1", *TRIAL, "hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2"]
+    cases = {
+        ("study", "--config-dir", str(workdir / "mine"), "pooled", "seed=0,1", *TRIAL): (
+            "", "hydra.launcher.gpus_per_trial=1: 0 CUDA device(s) visible (none); allowed: 0 (trials on the CPU) "
+                "to 0, or null (one each where there are any)"),
+        (*pool, "trainer.devices=3", "trainer.batch_size=63"): (
+            "0,1", "trainer.devices=3: each rank of a trial takes a GPU, 2 CUDA device(s) visible: allowed 1 to 2, "
+                   "or trainer.device=cpu"),
+        (*pool, "trainer.devices=1,2", "hydra.launcher.gpus_per_trial=1"): (
+            "0,1,2", "hydra.launcher.gpus_per_trial=1 with trainer.devices=2: each rank of a trial takes a GPU: "
+                     "allowed 2 to 3, or null (as many as trainer.devices)"),
+    }
+    for args, (visible, message) in cases.items():
+        proc = run_dlx(list(args), workdir, env={**dlx_env(), "CUDA_VISIBLE_DEVICES": visible})
+        assert proc.returncode == 2 and proc.stderr.strip() == f"dlx: error: {message}", (args, proc.stderr[-3000:])
+    assert not (workdir / "outputs").exists()
+
+
+def test_a_sweep_over_gpu_counts_gives_each_worker_the_most_it_asks(workdir, monkeypatch):
+    from dlx.sweep.checks import prepare
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    pool = ["hydra/launcher=dlx_local", "hydra.launcher.n_jobs=2", *TRIAL]
+    assert "hydra.launcher.gpus_per_trial=2" in prepare([*pool, "trainer.devices=1,2"])
+    assert not [a for a in prepare([*pool, "trainer.devices=2", "trainer.device=cpu"]) if "gpus_per_trial" in a]
+    assert not [a for a in prepare([*pool, "seed=0,1"]) if "gpus_per_trial" in a]  # one each, the pool's default
 
 
 @pytest.mark.cuda

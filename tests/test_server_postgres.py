@@ -4,7 +4,6 @@ with the reason where PostgreSQL or its driver is missing (.ci/run installs both
 
 from __future__ import annotations
 
-import pytest
 from conftest import QUICK, run_dlx
 from mlflow_servers import Server, assert_complete, free_port, postgres  # noqa: F401 - a fixture
 
@@ -22,7 +21,6 @@ def test_a_wrong_database_is_one_line_and_exit_2(postgres, tmp_path):  # noqa: F
     assert "no_such_db" in lines[0]
 
 
-@pytest.mark.slow  # ~2 min on 2 cores: eight trials at once
 def test_a_sweep_of_8_parallel_trials_on_a_postgresql_server_loses_no_point(postgres, tmp_path):  # noqa: F811
     srv = Server(tmp_path, free_port(), "--backend-store-uri", postgres.uri)
     try:

@@ -69,8 +69,51 @@ def prepare(overrides: list[str]) -> list[str]:
         raise ConfigError(f"hydra.sweeper.objective={settings.objective} needs a validation split: "
                           f"dataset.val_fraction must be > 0")
     compose_all([[*search, *combo] for combo in check_values(space)])
+    argv = [*argv, *_pool_devices(cfg, space)]
     probe_store(cfg.tracking)  # before any trial or parent run: seconds, not minutes of MLflow's retries
     return argv
+
+
+def _pool_devices(cfg, space) -> list[str]:
+    """The CUDA devices of the worker pool's trials (hydra.launcher.gpus_per_trial, from the command line or a
+    config file) checked against the visible ones; unset while trials train over several GPUs (trainer.devices=N),
+    N each, as the trials' ranks need: the Hydra override that says so, else none."""
+    import os
+
+    from dlx.config import ConfigError
+    from dlx.sweep.devices import trial_devices, visible_devices
+
+    launcher = cfg.hydra.launcher
+    if not str(launcher.get("_target_", "")).endswith(".DlxLocalLauncher"):
+        return []
+    jobs = launcher.n_jobs if launcher.n_jobs > 0 else len(os.sched_getaffinity(0))
+    if jobs == 1:  # trials in this process: every device is theirs
+        return []
+    devices, per_trial = visible_devices(), launcher.gpus_per_trial
+    try:
+        trial_devices(devices, 0, per_trial)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    ranks = _most_devices(cfg, space) if str(cfg.trainer.device) in ("auto", "cuda") and devices else 1
+    if ranks <= 1 or per_trial == 0:  # one GPU, or none (gpus_per_trial=0: trials on the CPU)
+        return []
+    if ranks > len(devices):
+        raise ConfigError(f"trainer.devices={ranks}: each rank of a trial takes a GPU, {len(devices)} CUDA device(s) "
+                          f"visible: allowed 1 to {len(devices)}, or trainer.device=cpu")
+    if per_trial is None:
+        return [f"hydra.launcher.gpus_per_trial={ranks}"]
+    if per_trial < ranks:
+        raise ConfigError(f"hydra.launcher.gpus_per_trial={per_trial} with trainer.devices={ranks}: each rank of a "
+                          f"trial takes a GPU: allowed {ranks} to {len(devices)}, or null (as many as trainer.devices)")
+    return []
+
+
+def _most_devices(cfg, space) -> int:
+    """The largest trainer.devices of the sweep's trials: its axis when swept, else the composed value."""
+    axis = next((a for a in space.axes if key_of(a.key) == "trainer.devices"), None)
+    if axis is None:
+        return int(cfg.trainer.devices)
+    return int(max(float(v) for v in axis.values) if axis.discrete else axis.high)
 
 
 def _compose_with_hydra(task: list[str], hydra: list[str]):

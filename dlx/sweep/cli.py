@@ -96,30 +96,11 @@ def sweep_main(args: list[str]) -> int:
         from dlx.components import expand_targets
 
         overrides = expand_targets(overrides)
-        _check_gpus(overrides)
         _start_workers_early(overrides)
         argv = prepare(overrides)
     except ConfigError as exc:
         return error(str(exc))
     return run_hydra(argv, shown=args)
-
-
-def _check_gpus(overrides: list[str]) -> None:
-    """hydra.launcher.gpus_per_trial beyond the visible CUDA devices: a user error now, not at launch."""
-    from dlx.config import ConfigError
-
-    value = {key_of(o): o.split("=", 1)[1] for o in overrides if "=" in o}.get("hydra.launcher.gpus_per_trial")
-    try:
-        n = int(value) if value not in (None, "null") else None
-    except ValueError:  # Hydra's schema reports a value that is not a number
-        return
-    if n is not None:
-        from dlx.sweep.devices import trial_devices, visible_devices
-
-        try:
-            trial_devices(visible_devices(), 0, n)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
 
 
 def _start_workers_early(overrides: list[str]) -> None:

@@ -38,7 +38,8 @@ class DlxLocalLauncherConf:
     shutdown_grace_s: float = 30.0
     # CUDA devices of each worker (n_jobs > 1), handed out round-robin over the visible ones and set as
     # its CUDA_VISIBLE_DEVICES; null: one each where there are CUDA devices (workers share them when
-    # there are fewer devices than workers); 0: none, trials train on the CPU
+    # there are fewer devices than workers), or as many as the trials' trainer.devices (dlx sweep's checks
+    # set it); 0: none, trials train on the CPU
     gpus_per_trial: Optional[int] = None  # noqa: UP045 - OmegaConf reads typing.Optional
 
 
