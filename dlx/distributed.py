@@ -361,12 +361,12 @@ def main(argv: list[str] | None = None) -> int:
 def _watch_launcher(launcher: int) -> None:
     """torchrun starts each rank in a session of its own and stops it itself; a launcher that dies first (SIGKILL,
     the out-of-memory killer, a sweep worker killed with its trial) would leave the ranks training on: the rank
-    then ends as on SIGTERM (rank 0 closes the run KILLED), and is killed a minute later if it is stuck (in a
-    collective whose peer is gone, say), as an orphan would be."""
+    then ends as on SIGTERM (rank 0 closes the run KILLED), and is killed if it is stuck (in a collective whose
+    peer is gone, say) after the grace torchrun would have given it."""
     while os.getppid() == launcher:
         time.sleep(1.0)
     os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(60)
+    time.sleep(shutdown_timeout())
     os.kill(os.getpid(), signal.SIGKILL)
 
 
