@@ -18,9 +18,10 @@ AGGREGATED = ("val/", "test/")  # the final metrics of a fold run that are summa
 FOLD_TAG, REPEAT_TAG = "cv.fold", "cv.repeat"
 
 
-def cv_metrics(folds: Sequence[dict[str, float]]) -> dict[str, float]:
+def cv_metrics(folds: Sequence[dict[str, float]], holdout: dict[str, float] | None) -> dict[str, float]:
     """cv/<metric>_mean, _ci95 (Student t over the fold values, dlx.report.stats.mean_ci), _std and _holdout
-    (the first fold's value: the estimate one hold-out split gives) for each val/ and test/ metric, and cv/folds."""
+    for each val/ and test/ metric, and cv/folds. `holdout`: the metrics of fold 0 of repeat 0, the estimate one
+    hold-out split gives; None when that fold has none (it failed), so _holdout is never another fold's value."""
     from dlx.report.stats import mean_ci
 
     names = sorted({k for f in folds for k in f if k.startswith(AGGREGATED)})
@@ -34,9 +35,26 @@ def cv_metrics(folds: Sequence[dict[str, float]]) -> dict[str, float]:
         if s.half_width is not None:
             out[f"{PREFIX}{name}_ci95"] = s.half_width
             out[f"{PREFIX}{name}_std"] = s.std
-        if folds and isinstance(folds[0].get(name), (int, float)):
-            out[f"{PREFIX}{name}_holdout"] = float(folds[0][name])
+        if holdout is not None and isinstance(holdout.get(name), (int, float)):
+            out[f"{PREFIX}{name}_holdout"] = float(holdout[name])
     return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def sweep_folds(objective: str, cfg) -> list[str]:
+    """For the checks of a sweep that chooses on a K-fold mean: the override that composes each combination as
+    one of its trials' folds, so what a fold refuses is refused before anything runs; else nothing. A cv.fold of
+    the user's is refused: such a trial would be a plain run with no K-fold mean to report."""
+    from omegaconf import OmegaConf
+
+    from dlx.config import ConfigError
+
+    if not objective.startswith(PREFIX):
+        return []
+    fold = OmegaConf.select(cfg, "cv.fold")
+    if fold is not None:
+        raise ConfigError(f"cv.fold={fold}: with hydra.sweeper.objective={objective} each trial runs all its "
+                          f"cv.folds folds itself: leave cv.fold unset")
+    return ["cv.fold=0"]
 
 
 def fold_of(run) -> tuple[int, int] | None:
@@ -48,7 +66,8 @@ def fold_of(run) -> tuple[int, int] | None:
 def aggregate(parent, runs: dict[int, Any]) -> tuple[dict[str, float], list]:
     """`dlx cv`'s parent metrics from its finished fold runs, in (repeat, fold) order."""
     done = sorted((r for r in runs.values() if r.info.status == "FINISHED" and fold_of(r) is not None), key=fold_of)
-    return (cv_metrics([r.data.metrics for r in done]) if done else {}), []
+    first = next((r.data.metrics for r in done if fold_of(r) == (0, 0)), None)
+    return (cv_metrics([r.data.metrics for r in done], first) if done else {}), []
 
 
 def cv_trial(cfg, command: list[str] | None = None) -> dict[str, float]:
@@ -76,12 +95,17 @@ def cv_trial(cfg, command: list[str] | None = None) -> dict[str, float]:
                     fold.tracking.parent_run_id = tracker.run_id
             done.append(train(fold, command=command))
             log.info("fold %d/%d: %s", k + 1, folds, {m: v for m, v in done[-1].items() if m.startswith("val/")})
-        out = {**cv_metrics(done), f"{PREFIX}seconds": time.monotonic() - start}  # the K runs' cost, together
+        out = {**cv_metrics(done, done[0]), f"{PREFIX}seconds": time.monotonic() - start}  # the K runs' cost, together
         tracker.log_metrics(out, step=0)
         status = "FINISHED"
         return out
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except BaseException as exc:
+        from dlx.sweep.hygiene import interrupt_code
+
+        # Ctrl-C or SIGTERM: between folds it arrives as the interrupt, inside one as the RunError(130 or 143)
+        # dlx.run raises once it has closed the fold's run KILLED; either way it propagates for the sweep to stop
+        if interrupt_code(exc):
+            status = "KILLED"
         raise
     finally:
         tracker.set_tags({"dlx.outcome": {"FINISHED": "ok", "KILLED": "killed"}.get(status, "failed")})

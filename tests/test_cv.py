@@ -5,19 +5,32 @@ sweep that chooses on the K-fold mean (hydra.sweeper.objective=cv/val/acc_mean).
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import QUICK, client_for, run_cli_batch, run_dlx, store_uri
+from conftest import QUICK, client_for, dlx_env, read_until, run_cli_batch, run_dlx, store_uri
 
 from dlx.compose import compose
 from dlx.config import ConfigError
-from dlx.cv import cv_metrics
-from dlx.data.resample import Resample, stratified_folds
+from dlx.cv import aggregate, cv_metrics
+from dlx.data.resample import Resample, problems, stratified_folds
 from dlx.data.splits import build_splits, plan_splits
 from dlx.report.stats import mean_ci
 
 CHEAP = ["trainer.progress=none", "diagnostics=none", "trainer.checkpoint.enabled=false"]
+# a character model on a small corpus (corpus() writes it)
+TEXT = ["dataset=text", "dataset.path=corpus.txt", "dataset.context=16", "model=lstm", "model.hidden=8"]
+
+
+def corpus(folder):
+    path = folder / "corpus.txt"
+    path.write_text("the cat sat on the mat. " * 200, encoding="utf-8")
+    return path
+
 LABELS = np.repeat(np.arange(4), [30, 21, 12, 7])  # unbalanced classes, 70 samples
 
 
@@ -79,11 +92,43 @@ def test_the_cv_section_refuses_values_out_of_range(override, key):
 
 def test_cv_metrics_are_the_mean_ci_spread_and_first_fold_of_the_fold_values():
     folds = [{"val/acc": a, "val/loss": 1 - a, "train/loss": 9.0} for a in (0.8, 0.9, 0.7)]
-    out = cv_metrics(folds)
+    out = cv_metrics(folds, folds[0])
     s = mean_ci([0.8, 0.9, 0.7])
     assert out["cv/val/acc_mean"] == pytest.approx(s.mean) and out["cv/val/acc_ci95"] == pytest.approx(s.half_width)
     assert out["cv/val/acc_std"] == pytest.approx(s.std) and out["cv/val/acc_holdout"] == 0.8
     assert out["cv/folds"] == 3 and not any(k.startswith("cv/train/") for k in out)
+
+
+def test_the_holdout_is_fold_0_of_repeat_0_or_nothing(tmp_path):
+    """What the report calls "fold 0 alone": never the first fold that happened to finish."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("cv")
+    runs = {}
+    for number, (repeat, fold, acc, status) in enumerate([(0, 0, 0.5, "FAILED"), (0, 1, 0.7, "FINISHED"),
+                                                           (1, 0, 0.9, "FINISHED"), (1, 1, 0.8, "FINISHED")]):
+        run = client.create_run(exp, tags={"cv.fold": str(fold), "cv.repeat": str(repeat)})
+        client.log_metric(run.info.run_id, "val/acc", acc)
+        client.set_terminated(run.info.run_id, status)
+        runs[number] = client.get_run(run.info.run_id)
+    metrics, _ = aggregate(None, runs)
+    assert metrics["cv/val/acc_mean"] == pytest.approx(0.8) and "cv/val/acc_holdout" not in metrics
+    client.log_metric(runs[0].info.run_id, "val/acc", 0.6)
+    client.set_terminated(runs[0].info.run_id, "FINISHED")
+    runs[0] = client.get_run(runs[0].info.run_id)
+    metrics, _ = aggregate(None, {n: runs[n] for n in (3, 2, 1, 0)})
+    assert metrics["cv/val/acc_holdout"] == pytest.approx(0.6)
+
+
+def test_overlapping_text_windows_cannot_be_dealt_into_folds():
+    """A validation fold's windows would lie mostly inside the training windows of the other folds."""
+    cfg = {"cv": {"fold": 0, "folds": 2}, "dataset": {"context": 16, "stride": 4}}
+    (found,) = problems(cfg)
+    assert found.startswith("dataset.stride=4 with dataset.context=16") and "dataset.stride >= dataset.context" in found
+    assert problems({**cfg, "cv": {"fold": None, "folds": 2}}) == []  # the plain split's parts never overlap
+    for stride in (16, 20, None):
+        assert problems({**cfg, "dataset": {"context": 16, "stride": stride}}) == []
 
 
 # ---------------------------------------------------------------------------------------------- for real
@@ -122,6 +167,11 @@ def test_dlx_cv_nests_one_run_per_fold_and_the_parent_summarises_them(workdir):
     again = run_dlx(["cv", "--resume", parent_id], workdir, check=True)  # nothing left to run: the same summary
     assert "0 of 3 trials to run" in again.stdout and len(children(client, parent_id)) == 3
     assert client.get_run(parent_id).data.metrics["cv/val/acc_mean"] == pytest.approx(metrics["cv/val/acc_mean"])
+    other = run_dlx(["ensemble", "--resume", parent_id], workdir)  # a parent of another kind is refused
+    assert other.returncode == 2 and other.stderr == f"dlx: error: --resume {parent_id}: not a dlx ensemble (its " \
+        "overrides sweep no ensemble.member); resume it with the command that started it (dlx sweep, dlx cv or " \
+        "dlx ensemble --resume)\n", other.stderr
+    assert len(children(client, parent_id)) == 3
 
 
 def test_bad_input_exits_2_before_any_run(workdir):
@@ -130,16 +180,25 @@ def test_bad_input_exits_2_before_any_run(workdir):
              ["ensemble", "ensemble.members=0"], ["ensemble", "ensemble.member=2"],
              ["sweep", "model.width=16,32", "hydra.sweeper.objective=cv/test/acc_mean"],
              ["sweep", "model.width=16,32", "hydra.sweeper.objective=cv/val/acc_mean", "hydra.sweeper.pruner=median"],
-             ["sweep", "model.width=16,32", "hydra.sweeper.objective=cv/val/accuracy"]]
+             ["sweep", "model.width=16,32", "hydra.sweeper.objective=cv/val/accuracy"],
+             # a trial with a fold of its own would be a plain run with no K-fold mean to report
+             ["sweep", "model.width=8,16", "hydra.sweeper.objective=cv/val/acc_mean", "cv.fold=1"],
+             # overlapping windows of a text cannot be dealt into folds: dlx cv, a fold run, a K-fold sweep
+             ["cv", *TEXT, "dataset.stride=4"], ["train", *TEXT, "dataset.stride=4", "cv.fold=0"],
+             ["sweep", *TEXT, "dataset.stride=4,16", "hydra.sweeper.objective=cv/val/loss_mean"],
+             ["cv", "--resume", "0" * 32], ["ensemble", "--resume", "f" * 32]]
     keys = ["cv.folds", "model.width", "cv.fold", "tracking", "--resume", "hydra.sweeper.objective", "cv.repeats",
             "ensemble.members", "ensemble.member", "hydra.sweeper.objective", "hydra.sweeper.pruner",
-            "hydra.sweeper.objective"]
-    results = run_cli_batch(cases, workdir)
+            "hydra.sweeper.objective", "cv.fold=1", "dataset.stride=4", "dataset.stride=4", "dataset.stride=4",
+            "--resume", "--resume"]
+    results = run_cli_batch(cases, workdir, files=[corpus(workdir)])
     for args, key in zip(cases, keys):
         code, err, left = results[json.dumps(args)]
         lines = [ln for ln in err.strip().splitlines() if ln.startswith("dlx: error:")]
         assert code == 2 and lines and key in err, (args, err)  # one line, or a sweep's list of problems
         assert "Traceback" not in err and not any(f.endswith("mlflow.db") for f in left), (args, left)
+        if "--resume" in args[1:] or "dataset.stride=4" in args:
+            assert err.count("\n") == 1 and left == ["corpus.txt"], (args, err, left)  # nothing written
 
 
 def test_a_sweep_can_choose_on_the_k_fold_mean(workdir, capsys):
@@ -162,3 +221,29 @@ def test_a_sweep_can_choose_on_the_k_fold_mean(workdir, capsys):
 
     assert report_main([parent_of(proc), "--no-log", "--uri", store_uri(workdir), "--out", str(workdir / "rep")]) == 0
     assert "best on cv/val/acc_mean (max)" in capsys.readouterr().out  # the trials' objective is the report's column
+    other = run_dlx(["cv", "--resume", parent_of(proc)], workdir)  # a sweep's parent is no dlx cv's
+    assert other.returncode == 2 and "not a dlx cv (its overrides sweep no cv.fold)" in other.stderr, other.stderr
+    assert len(children(client, parent_of(proc))) == 2
+
+
+def test_a_stopped_k_fold_sweep_closes_the_trial_run_killed(workdir):
+    """SIGTERM inside a fold: the fold's run and the trial's own run end KILLED (to be run again on resume), not
+    FAILED, and the sweep stops with the signal's exit code."""
+    args = ["sweep", "model.width=8,16", "cv.folds=2", "hydra.sweeper.objective=cv/val/acc_mean",
+            "hydra.launcher.n_jobs=1", "trainer.progress=plain", "trainer.epochs=400", *CHEAP[1:]]
+    proc = subprocess.Popen([sys.executable, "-m", "dlx", *args], cwd=workdir, env=dlx_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        read_until(proc, "epoch 2/400", lines)  # the first fold of the first trial is training
+        proc.send_signal(signal.SIGTERM)
+        out = "".join(lines) + proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out
+    client = client_for(workdir)
+    (trial,) = children(client, parent_of(subprocess.CompletedProcess(args, 143, out)))
+    (fold,) = children(client, trial.info.run_id)
+    assert (trial.info.status, trial.data.tags["dlx.outcome"]) == ("KILLED", "killed"), out
+    assert (fold.info.status, fold.data.tags["cv.fold"]) == ("KILLED", "0")
+    assert re.search(r"sweep \S+: 0 ok, 0 failed, 0 pruned, 2 left", out), out

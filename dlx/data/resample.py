@@ -81,11 +81,20 @@ def member_seed(seed: int, member: int | None) -> int:
 
 
 def problems(cfg: dict[str, Any]) -> list[str]:
-    """What the ranges of dlx/config.py cannot say: a fold and a repeat inside what the config deals."""
+    """What the ranges of dlx/config.py cannot say: a fold and a repeat inside what the config deals, and samples
+    that can be dealt (windows of a text that do not overlap)."""
     cv, out = cfg.get("cv") or {}, []
     fold, folds = cv.get("fold"), cv.get("folds")
     if isinstance(fold, int) and isinstance(folds, int) and fold >= folds:
         out.append(f"cv.fold={fold} is out of range: allowed 0..{folds - 1} (cv.folds={folds})")
+    data = cfg.get("dataset") or {}
+    stride, context = data.get("stride"), data.get("context")
+    if fold is not None and isinstance(stride, int) and isinstance(context, int) and stride < context:
+        # the folds deal windows, not text: a window that overlaps its neighbours would put most of a validation
+        # fold's text inside the training windows of the other folds
+        out.append(f"dataset.stride={stride} with dataset.context={context}: cross-validation deals the windows "
+                   f"into folds, and overlapping windows would train on the validation folds' text: allowed "
+                   f"dataset.stride >= dataset.context, or null, with cv")
     repeat, repeats = cv.get("repeat"), cv.get("repeats")
     if isinstance(repeat, int) and isinstance(repeats, int) and repeat >= repeats:
         out.append(f"cv.repeat={repeat} is out of range: allowed 0..{repeats - 1} (cv.repeats={repeats})")

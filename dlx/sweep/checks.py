@@ -68,7 +68,10 @@ def prepare(overrides: list[str]) -> list[str]:
     if not OmegaConf.select(cfg, "dataset.val_fraction", default=spec(split_options)["val_fraction"].default) > 0:
         raise ConfigError(f"hydra.sweeper.objective={settings.objective} needs a validation split: "
                           f"dataset.val_fraction must be > 0")
-    compose_all([[*search, *combo] for combo in check_values(space)])
+    from dlx.cv import sweep_folds
+
+    fold = sweep_folds(settings.objective, cfg)  # a K-fold objective: each combination is checked as a fold
+    compose_all([[*search, *combo, *fold] for combo in check_values(space)])
     argv = [*argv, *_pool_devices(cfg, space)]
     probe_store(cfg.tracking)  # before any trial or parent run: seconds, not minutes of MLflow's retries
     return argv

@@ -150,14 +150,16 @@ def _resumed(kind: str, ref: str, overrides: list[str], trust: bool) -> list[str
     rest = [o for o in overrides if o not in members and key_of(o) != "tracking.uri"]
     study = _study_of(ref, [o for o in overrides if key_of(o) == "tracking.uri"]) if RUN_ID.match(ref) else ref
     argv = resume_overrides(study, rest, trust=trust)
+    axis = "cv.fold" if kind == "cv" else "ensemble.member"  # what every dlx cv / dlx ensemble sweeps
+    if not any(key_of(o) == axis for o in argv):
+        raise ConfigError(f"--resume {ref}: not a dlx {kind} (its overrides sweep no {axis}); resume it with the "
+                          f"command that started it (dlx sweep, dlx cv or dlx ensemble --resume)")
     if not members:
         return argv
     value = members[-1].split("=", 1)[1]
     if not value.isdigit() or int(value) < 1:
         raise ConfigError(f"ensemble.members={value} is out of range: allowed >= 1")
-    stored = next((o for o in argv if key_of(o) == "ensemble.member"), None)
-    if stored is None:
-        raise ConfigError(f"--resume {ref}: not a dlx ensemble (its overrides sweep no ensemble.member)")
+    stored = next(o for o in argv if key_of(o) == "ensemble.member")
     have = re.fullmatch(r"ensemble\.member=range\(0,(\d+)\)", stored)
     if have and int(value) < int(have.group(1)):
         raise ConfigError(f"ensemble.members={value}: the ensemble has {have.group(1)} members already; "
@@ -171,10 +173,13 @@ def _study_of(run_id: str, uri: list[str]) -> str:
     from mlflow.exceptions import MlflowException
 
     from dlx.config import ConfigError
-    from dlx.store import open_client
+    from dlx.store import open_client, sqlite_file
     from dlx.tracking import resolve_uri
 
     store = resolve_uri(uri[-1].split("=", 1)[1] if uri else None)[0]
+    db = sqlite_file(store)
+    if db is not None and not db.is_file():  # opening it would create an empty store: a bad id leaves nothing
+        raise ConfigError(f"--resume {run_id}: no such run: there is no MLflow store at {store}")
     try:
         run = open_client(store).get_run(run_id)
     except MlflowException:
