@@ -28,6 +28,7 @@ from dlx.engine import (
     takes_target,
     train_batches,
 )
+from dlx.ensemble import check_member
 from dlx.losses import LABELS_ONLY, create_loss
 from dlx.models import check_io
 from dlx.models.layers import DATA_ARGUMENTS
@@ -238,6 +239,7 @@ def build(cfg: dict[str, Any], *, callbacks=()) -> Built:
     if found:
         raise ConfigError(found[0])
     data = build_data(cfg, device)
+    check_member(cfg, data)  # a user's data whose targets an ensemble cannot average, before it trains
     augment = create_augmentation(**cfg["augmentation"], task=data.task)
     if augment is not None:
         augment.check_input(data.input_shape)

@@ -240,9 +240,11 @@ def problems(cfg: Mapping) -> list[str]:
         out += found
     declared = getattr(_located(cfg, "dataset"), "declared", None)  # what a built-in dataset's Source holds
     if not out:  # what the objective rules out first: a self-supervised run's model serves no loss (dlx.ssl.objective)
+        from dlx.ensemble import config_problems as ensemble_problems
         from dlx.ssl.objective import config_problems as objective_problems
 
-        out += objective_problems(cfg, declared)
+        images = getattr(_located(cfg, "dataset"), "images", None)
+        out += objective_problems(cfg, declared, images) or ensemble_problems(cfg, declared)
     if declared is not None and not out and all(_located(cfg, g) for g in ("model", "loss")):
         from dlx.build import pairing_problems
 

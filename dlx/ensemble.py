@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,42 @@ MEMBER_TAG = "ensemble.member"
 
 
 # ---------------------------------------------------------------------------------------------- a member
+def config_problems(cfg: Mapping, declared=None) -> list[str]:
+    """What keeps a member (ensemble.member set, by dlx ensemble or the ensembles study) from saving the class
+    probabilities its ensemble averages, found before any data loads; declared: the (target, tokens) a built-in
+    dataset says it holds (a user's dataset is checked once loaded, check_member)."""
+    from dlx.ssl.objective import METHODS
+
+    if (cfg.get("ensemble") or {}).get("member") is None:
+        return []
+    name = str((cfg.get("objective") or {}).get("name", "supervised"))
+    if name in METHODS:
+        return [f"objective={name}: an ensemble averages its members' test-split class probabilities, and a "
+                f"self-supervised run has none (its model outputs a representation): allowed objective=supervised"]
+    target = None if declared is None else str(getattr(declared[0], "value", declared[0]))
+    if target not in (None, "label"):
+        data = str((cfg.get("dataset") or {}).get("_target_", "")).rpartition(".")[2]
+        return [f"dataset={data}: an ensemble averages its members' test-split class probabilities, and dataset "
+                f"{data} has {target} targets: allowed {label_data()}"]
+    return []
+
+
+def check_member(cfg: Mapping, data) -> None:
+    """config_problems for a user's dataset, whose targets are known once it has loaded: ValueError."""
+    target = data.task.target.value
+    if (cfg.get("ensemble") or {}).get("member") is not None and target != "label":
+        raise ValueError(f"dataset: an ensemble averages its members' test-split class probabilities, and dataset "
+                         f"{data.name} has {target} targets: allowed a dataset with class labels ({label_data()})")
+
+
+def label_data() -> str:
+    """The built-in dataset options with class labels (their loaders declare it), for the messages."""
+    from dlx.components import builtin, locate
+
+    return "dataset=" + ", ".join(name for name, target in sorted(builtin()["dataset"].items())
+                                  if locate(target, "dataset._target_").declared[0].value == "label")
+
+
 def test_probabilities(trainer) -> tuple[np.ndarray, np.ndarray] | None:
     """(probabilities (N, C) float32, labels (N,)) of the trained model on the test split; None for targets
     other than class labels and for self-supervised objectives, which have no class probabilities to average."""
@@ -56,19 +92,26 @@ def save_predictions(trainer, tracker, run_dir: Path) -> Path | None:
 
 
 def load_predictions(run, client=None) -> tuple[np.ndarray, np.ndarray] | None:
-    """A run's (probs, y): from its run folder (tag dlx.run_dir) when it is on this machine, else its artifact."""
+    """A run's (probs, y): from its run folder (tag dlx.run_dir) when it is on this machine, else its artifact
+    through `client` (a remote store, or a run folder since removed)."""
     tags = run.data.tags if hasattr(run, "data") else run.tags
     run_id = run.info.run_id if hasattr(run, "info") else run.run_id
-    path = Path(tags.get("dlx.run_dir", "")) / PREDICTIONS if tags.get("dlx.run_dir") else None
-    if (path is None or not path.is_file()) and client is not None:
-        import tempfile
+    path = Path(tags["dlx.run_dir"]) / PREDICTIONS if tags.get("dlx.run_dir") else None
+    if path is not None and path.is_file():
+        return _read_predictions(path)
+    if client is None:
+        return None
+    import tempfile
 
+    with tempfile.TemporaryDirectory(prefix="dlx-pred-") as tmp:
         try:
-            path = Path(client.download_artifacts(run_id, PREDICTIONS, tempfile.mkdtemp(prefix="dlx-pred-")))
+            path = Path(client.download_artifacts(run_id, PREDICTIONS, tmp))
         except Exception:  # noqa: BLE001 - a member without predictions is left out, and said so by the caller
             return None
-    if path is None or not path.is_file():
-        return None
+        return _read_predictions(path)
+
+
+def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as f:
         return f["probs"], f["y"]
 

@@ -4,9 +4,13 @@ predictions, and `--resume <parent> ensemble.members=M` adding members."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import QUICK, client_for, run_dlx, store_uri
+from conftest import QUICK, all_runs, client_for, run_cli_batch, run_dlx, store_uri
 
 from dlx.compose import compose
 from dlx.data.resample import Resample, bootstrap, member_seed
@@ -125,3 +129,69 @@ def test_dlx_ensemble_evaluates_the_averaged_members_and_resume_adds_members(wor
     acc = client.get_run(parent_id).data.metrics["ensemble/test/acc"]
     assert f"ensemble of 3 members (averaged probabilities, parent ensemble/*): test/acc {acc:.4f}" in \
         capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- refused
+def test_members_without_class_probabilities_are_refused_before_anything_trains(tmp_path):
+    """A self-supervised objective, or a built-in dataset without class labels, leaves the ensemble nothing to
+    average: dlx ensemble and the ensembles study say so while composing, and write nothing."""
+    cases = [["ensemble", "objective=simsiam", "model=mlp", *QUICK, "ensemble.members=1"],
+             ["ensemble", "dataset=adding", "model=lstm", "loss=mse", "trainer.epochs=1", "ensemble.members=1"],
+             ["study", "ensembles", "objective=simclr", "dataset=digits", "seed=0", "ensemble.member=range(0,2)",
+              "trainer.epochs=1"]]
+    out = run_cli_batch(cases, tmp_path)
+    allowed = {"objective=simsiam": "objective=supervised", "dataset=adding": "dataset=cifar10, csv, digits",
+               "objective=simclr": "objective=supervised"}
+    for case, (key, what) in zip(cases, allowed.items()):
+        code, err, left = out[json.dumps(case)]
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1, (case, err)
+        assert lines[0].startswith(f"dlx: error: {key}: an ensemble averages its members' test-split class "
+                                   "probabilities") and f"allowed {what}" in lines[0], (case, err)
+        assert left == [], (case, left)
+
+
+TARGETS = '''
+import numpy as np
+from dlx.data import Source
+
+def sums(n: int = 200):
+    """A user's data whose targets are real numbers, known only once it has loaded."""
+    x = np.random.default_rng(0).random((n, 6)).astype("float32")
+    return Source(train=(x, x.sum(axis=1)), num_classes=1, target="value", tolerance=0.1, name="sums")
+'''
+
+
+def test_a_users_data_without_class_labels_fails_each_member_before_it_trains(workdir):
+    (workdir / "toysums.py").write_text(TARGETS, encoding="utf-8")
+    proc = run_dlx(["ensemble", "dataset._target_=toysums.sums", "loss=mse", "trainer.epochs=1", "model.width=8",
+                    "ensemble.members=1", "hydra.launcher.n_jobs=1"], workdir)
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("trial ")]
+    assert proc.returncode == 1 and len(failed) == 1, proc.stdout + proc.stderr
+    assert "RunError: dataset: an ensemble averages its members' test-split class probabilities, and dataset sums " \
+           "has value targets" in failed[0] and "Traceback" not in proc.stdout + proc.stderr
+    runs = all_runs(workdir)
+    assert [r.data.tags.get("ensemble.member") for r in runs if "train/loss" in r.data.metrics] == [], runs
+
+
+# ---------------------------------------------------------------------------------------------- the study's report
+def test_the_ensembles_report_reads_the_members_predictions_from_the_store(workdir, tmp_path, capsys):
+    """The run folders are gone (another machine's, or removed): the finding and figure read each member's
+    predictions/test.npz from the store's artifacts."""
+    proc = run_dlx(["study", "ensembles", "dataset=digits", "seed=0", "ensemble.member=range(0,4)",
+                    "ensemble.members=4", "dataset.train_subset=100", "trainer.epochs=1", "model.width=8",
+                    "model.depth=1", "hydra.launcher.n_jobs=2"], workdir, check=True, timeout=400)
+    parent_id = next(ln for ln in proc.stdout.splitlines() if ln.startswith("parent run ")).split()[2]
+    client = client_for(workdir)
+    folders = {Path(r.data.tags["dlx.run_dir"]) for r in children(client, parent_id)}
+    assert len(folders) == 4 and all((f / PREDICTIONS).is_file() for f in folders)
+    for folder in folders:
+        shutil.rmtree(folder)
+    from dlx.report.cli import report_main  # in this process: the study ran in its own
+
+    capsys.readouterr()
+    assert report_main([parent_id, "--no-log", "--format", "json", "--uri", store_uri(workdir),
+                        "--out", str(tmp_path / "rep")]) == 0
+    notes = " ".join(json.loads(capsys.readouterr().out)["notes"])
+    assert "finding: M=4 over 1 seeds: test/loss ensemble" in notes, notes
+    assert (tmp_path / "rep" / "ensemble_by_m.png").is_file()

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dlx.build import Built, build
-from dlx.components import builtin, group_spec
+from dlx.components import builtin, group_spec, locate
 from dlx.compose import GROUPS, check_config, compose, config_dir, list_options
 from dlx.config import ConfigError
 from dlx.data.bundled import mnist1d_cache_name
@@ -284,6 +284,9 @@ def test_option_composes_builds_and_takes_optimisation_steps(group, option, data
     built = build(cfg)
     if group == "dataset" or "dataset" in {o.split("=")[0] for o in overrides}:
         assert len(built.data.x_train) == 40
+    if group == "dataset":  # what its loader declares before loading (images=, dlx.data.source.loader) holds
+        images = getattr(locate(raw["_target_"], "dataset._target_"), "images", None)
+        assert images in (None, len(built.data.input_shape) == 3), built.data.input_shape
     if group in ("model", "loss"):
         target = raw["_target_"]
         made = built.model if group == "model" else built.trainer.loss_fn

@@ -220,7 +220,9 @@ BAD = [
      "objective.represent=true: measures a representation by its class labels, and dataset adding has value"),
     (["objective=simsiam", "dataset=adding", "model=rnn"], "objective=simsiam: needs images with class labels"),
     (["objective=simclr", "dataset=copy", "model=transformer"], "objective=simclr: needs images with class labels"),
-    (["objective=simsiam", "dataset=moons"], "objective=simsiam: makes its views by cropping and flipping images"),
+    (["objective=simsiam", "dataset=moons"], "objective=simsiam: needs images with class labels (its views crop and "
+     "flip images; the labels only measure the representation), and dataset moons has no images: allowed "
+     "objective=supervised, or dataset=cifar10, digits, fashion_mnist, image_folder, mnist"),
     (["objective=simclr", "ssl.temperature=0"], "ssl.temperature=0.0 is out of range: allowed > 0"),
     (["objective=simsiam", "ssl.crop_scale=1.5"], "ssl.crop_scale=1.5 is out of range"),
     (["objective=byol"], "objective=byol: no such option of group 'objective'; valid: simclr, simsiam, supervised"),
@@ -237,3 +239,70 @@ def test_bad_objective_settings_exit_2_with_one_line_and_no_run(tmp_path):
         assert len(lines) == 1 and message in lines[0], (args, err)
         assert "Traceback" not in err
         assert not any(f.endswith("mlflow.db") for f in left), (args, left)
+
+
+# ------------------------------------------------------------------------------------------------ data that is not images
+def _declared_images():
+    from dlx.components import builtin, locate
+
+    return {name: getattr(locate(target, "dataset._target_"), "images", None)
+            for name, target in builtin()["dataset"].items()}
+
+
+@pytest.mark.parametrize("option", sorted(o for o, images in _declared_images().items() if images is not None))
+def test_what_a_dataset_option_declares_decides_while_composing(option):
+    """What a dataset option's loader declares (dlx.data.source.loader, images=) decides before any data loads;
+    tests/test_options.py checks each declaration against the data the option loads."""
+    import dataclasses
+
+    from dlx.components import builtin, locate
+    from dlx.compose import compose
+    from dlx.config import ConfigError
+    from dlx.options import spec
+
+    fn = locate(builtin()["dataset"][option], "dataset._target_")
+    required = [f"dataset.{k}=x" for k, o in spec(fn).items() if o.default is dataclasses.MISSING]  # a file's path
+    args = [f"dataset={option}", "objective=simclr", *required]
+    if _declared_images()[option]:
+        compose(args, check=True)
+        return
+    with pytest.raises(ConfigError, match=rf"^objective=simclr: needs images with class labels .* dataset {option} "
+                                          r"has .*: allowed objective=supervised, or dataset=cifar10, digits"):
+        compose(args, check=True)
+
+
+def test_data_that_is_not_images_is_refused_before_it_loads_in_every_command(tmp_path):
+    """mnist1d writes its generated data to a cache when it loads: nothing at all is left behind."""
+    cases = [["train", "objective=simsiam", "dataset=mnist1d", "trainer.epochs=1"],
+             ["cv", "objective=simsiam", "dataset=moons", "cv.folds=2", "trainer.progress=plain"],
+             ["ensemble", "objective=simclr", "dataset=spirals", "ensemble.members=1"],
+             ["sweep", "objective=simsiam", "dataset=mnist1d", "seed=0,1"]]
+    out = run_cli_batch(cases, tmp_path)
+    for case in cases:
+        code, err, left = out[json.dumps(case)]
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1, (case, err)
+        data = case[2].removeprefix("dataset=")
+        assert lines[0].startswith(f"dlx: error: {case[1]}: needs images") and f"dataset {data} has no images" in \
+            lines[0], (case, err)
+        assert left == [], (case, left)
+
+
+def test_a_users_arrays_that_are_not_images_end_each_trial_with_one_line(tmp_path):
+    """npz's arrays show their shape once read: dlx train refuses them then, and a sweep's trials (dlx cv here)
+    each fail with that one line, no traceback."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "points.npz", x_train=rng.normal(size=(60, 4)).astype("float32"), y_train=np.arange(60) % 2,
+             x_test=rng.normal(size=(20, 4)).astype("float32"), y_test=np.arange(20) % 2)
+    args = ["objective=simsiam", "dataset=npz", "dataset.path=points.npz", "model=mlp", "trainer.epochs=1"]
+    message = "objective=simsiam: makes its views by cropping and flipping images of shape (channels, height, width), " \
+              "and the data's samples have shape (4,)"
+    train = run_dlx(["train", *args], tmp_path)
+    assert train.returncode == 2 and train.stderr.strip() == f"dlx: error: {message}: allowed objective=supervised, " \
+        "or image data (dataset=cifar10, digits, fashion_mnist, image_folder, mnist)", train.stderr
+    cv = run_dlx(["cv", *args, "cv.folds=2", "hydra.launcher.n_jobs=1"], tmp_path)
+    failed = [line for line in cv.stdout.splitlines() if line.startswith("trial ")]
+    assert cv.returncode == 1 and len(failed) == 2 and all("failed cv.fold" in f and message in f for f in failed)
+    assert "Traceback" not in cv.stdout + cv.stderr

@@ -13,7 +13,7 @@ from dlx.options import Range
 Mirror = str | None
 
 
-@loader
+@loader(images=True)
 def digits() -> Source:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes); no download."""
     x, y = bundled.load_digits()
@@ -48,19 +48,19 @@ def _idx(name: str, root: str, download: bool, mirror: Mirror) -> Source:
                   name=name, scale=1.0 / 255.0)
 
 
-@loader
+@loader(images=True)
 def mnist(*, root: str = "data", download: bool = False, mirror: Mirror = None) -> Source:
     """MNIST (LeCun et al. 1998) from its IDX files under root/mnist; download fetches and checksums them."""
     return _idx("mnist", root, download, mirror)
 
 
-@loader
+@loader(images=True)
 def fashion_mnist(*, root: str = "data", download: bool = False, mirror: Mirror = None) -> Source:
     """Fashion-MNIST (Xiao et al. 2017) from its IDX files under root/fashion_mnist."""
     return _idx("fashion_mnist", root, download, mirror)
 
 
-@loader
+@loader(images=True)
 def cifar10(*, root: str = "data", download: bool = False, mirror: Mirror = None) -> Source:
     """CIFAR-10 (Krizhevsky 2009) from its python batches under root/cifar10."""
     data = vision.load_cifar10(root=root, download_missing=download, mirror=mirror)

@@ -39,7 +39,7 @@ def _labels(y: np.ndarray, key: str, path, array: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-@loader
+@loader(images=None)  # the arrays' shape is known once they are read
 def npz(*, path: str) -> Source:
     """Arrays x_train, y_train, x_test, y_test (and optionally x_val, y_val) in a NumPy .npz file; y holds class
     indices 0..K-1, x one sample per row (any shape after the first axis)."""
@@ -201,7 +201,7 @@ def _mode(files: list[str], targets: list[int], root: str) -> str:
     return "L"
 
 
-@loader
+@loader(images=True)
 def image_folder(*, path: str, size: Annotated[int, Range(ge=1)] = 32) -> Source:
     """Images in one sub-folder per class (path/<class>/*.png), or path/train/<class> and path/test/<class>.
     Without test/ a fixed stratified 20% of the images is the test split. Read lazily, so a big folder streams

@@ -96,13 +96,15 @@ _SPLIT_SPEC = functools.cache(lambda: spec(split_options))
 
 
 def loader(fn: Callable[..., Source] | None = None, *, target: Target = Target.label,
-           tokens: bool = False) -> Callable[..., Source]:
+           tokens: bool = False, images: bool | None = False) -> Callable[..., Source]:
     """A built-in dataset's options are checked from its own signature when Python calls it directly, with
     the messages (dataset.<option>=...) the config checks give. `target` and `tokens` declare what its Source
     holds, so that a model or loss that cannot serve it is refused with the configuration, before any data
-    loads (dlx.build.pairing_problems); a user's dataset is checked on its data instead."""
+    loads (dlx.build.pairing_problems); a user's dataset is checked on its data instead. `images`: whether its
+    samples are images (channels, height, width), which a self-supervised objective's views need
+    (dlx.ssl.objective); None where only the loaded data can tell (a user's arrays)."""
     if fn is None:
-        return functools.partial(loader, target=target, tokens=tokens)
+        return functools.partial(loader, target=target, tokens=tokens, images=images)
     options = spec(fn)
 
     @functools.wraps(fn)
@@ -113,6 +115,7 @@ def loader(fn: Callable[..., Source] | None = None, *, target: Target = Target.l
         return fn(**kwargs)
 
     checked.declared = (Target(target), bool(tokens))
+    checked.images = images
     return checked
 
 

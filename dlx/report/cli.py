@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -140,7 +141,9 @@ def build_report(client, target, by: list[str], metrics: list[tuple[str, str]]):
                      + (f" -- {study['statement']}" if study.get("statement") else ""))
         if study.get("expected"):
             notes.append(f"expected: {study['expected']}")
-        notes.append(get_finding(study.get("name"))(rows, names[0], directions[names[0]]))
+        check = get_finding(study.get("name"))
+        reads = {"client": client} if "client" in inspect.signature(check).parameters else {}  # artifacts
+        notes.append(check(rows, names[0], directions[names[0]], **reads))
     if target.parent is not None:
         from dlx.report.parent import parent_notes
 

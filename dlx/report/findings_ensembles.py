@@ -18,13 +18,14 @@ SIZES = (1, 2, 4, 8)
 METRICS = ("loss", "acc", "ece")
 
 
-def members_by_seed(rows: Sequence) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """seed -> the (probs, y) of its members 0, 1, ... as far as they run unbroken (finished, predictions saved)."""
+def members_by_seed(rows: Sequence, client=None) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """seed -> the (probs, y) of its members 0, 1, ... as far as they run unbroken (finished, predictions saved):
+    read from each run's folder, or through `client` from the store's artifacts where that folder is gone."""
     found: dict[str, dict[int, tuple]] = {}
     for row in rows:
         for run in row.ok_runs:
             member = number(run.params.get("ensemble.member"))
-            pred = load_predictions(run) if member is not None else None
+            pred = load_predictions(run, client) if member is not None else None
             if pred is not None:
                 found.setdefault(run.params.get("seed", "0"), {})[int(member)] = pred
     out = {}
@@ -57,10 +58,10 @@ def by_size(seeds: dict[str, list[tuple]]) -> dict[int, dict[str, list[float]]]:
 
 
 @register_finding("ensembles")
-def ensembles_finding(rows, metric, direction) -> str:
+def ensembles_finding(rows, metric, direction, client=None) -> str:
     if (text := missing(rows, "ensembles")) is not None:
         return text
-    table = by_size(members_by_seed(rows))
+    table = by_size(members_by_seed(rows, client))
     if len(table) < 3:
         return ("finding: the ensembles study needs members 0..3 or more of each seed finished with predictions/"
                 "test.npz (ensemble.member set on every run)")
@@ -88,7 +89,7 @@ def ensembles_finding(rows, metric, direction) -> str:
 
 @register_study_plots("ensembles")
 def ensembles_plots(client, report, out: Path) -> tuple[list[Path], list[str]]:
-    table = by_size(members_by_seed(report.rows))
+    table = by_size(members_by_seed(report.rows, client))
     if not table:
         return [], ["ensemble_by_m.png: no member's predictions/test.npz was found"]
     from dlx.plots import pyplot, save_figure

@@ -161,7 +161,8 @@ class ByStudy(Generic[Fn]):
         return self._by_name.get(study or "", self.fallback)
 
 
-FindingFn = Callable[[Sequence, str, str], str]
-# a study's own effect check, `fn(rows, metric, direction) -> str`; other sweeps get the best-vs-worst `finding`
+FindingFn = Callable[..., str]
+# a study's own effect check, `fn(rows, metric, direction) -> str`, given the MLflow client as `client=` too when it
+# names that parameter (it reads the runs' artifacts); other sweeps get the best-vs-worst `finding`
 FINDINGS: ByStudy[FindingFn] = ByStudy(fallback=finding)
 register_finding, get_finding = FINDINGS.register, FINDINGS.get

@@ -8,6 +8,7 @@ sweeps and reports read, is the k-NN accuracy (also logged as `knn_acc`). Each e
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import torch
@@ -20,8 +21,6 @@ METHODS = ("simsiam", "simclr")  # the self-supervised options of the objective 
 SUPERVISED_METRICS = ("val/loss", "val/acc", "train/loss", "train/acc")
 # a self-supervised run counts no training hits; its val/acc is the k-NN accuracy
 SELF_SUPERVISED_METRICS = ("val/loss", "val/acc", "val/knn_acc", "train/loss", "ssl/output_std")
-# the built-in data sets of images with class labels, for the messages that name them
-IMAGE_DATA = "dataset=digits, mnist, fashion_mnist, cifar10, image_folder"
 EVAL_VIEWS_SEED = 0  # evaluation's views: fixed, so val/loss compares across epochs and runs
 # what a self-supervised run cannot combine with, and why (checked while the config is composed)
 _DIAGNOSTICS = {"layers": "a supervised loss", "sharpness": "a supervised loss", "sequence": "sequence models"}
@@ -34,9 +33,19 @@ def epoch_metrics(objective: Mapping) -> tuple[str, ...]:
     return SUPERVISED_METRICS + (("val/knn_acc",) if objective.get("represent") else ())
 
 
-def config_problems(cfg: Mapping, declared=None) -> list[str]:
+@functools.cache
+def image_data() -> str:
+    """The built-in dataset options of images with class labels (their loaders declare it), for the messages."""
+    from dlx.components import builtin, locate
+
+    names = [name for name, target in sorted(builtin()["dataset"].items())
+             if getattr(fn := locate(target, "dataset._target_"), "images", None) and fn.declared[0].value == "label"]
+    return "dataset=" + ", ".join(names)
+
+
+def config_problems(cfg: Mapping, declared=None, images: bool | None = None) -> list[str]:
     """What a self-supervised objective rules out, found before any data loads. declared: the (target, tokens)
-    a built-in dataset says it holds."""
+    a built-in dataset says it holds; images: whether its samples are images (None: known once loaded)."""
     objective = cfg.get("objective") or {}
     name = str(objective.get("name", "supervised"))
     target = None if declared is None else str(getattr(declared[0], "value", declared[0]))
@@ -65,11 +74,12 @@ def config_problems(cfg: Mapping, declared=None) -> list[str]:
         out.append(f"regularization.early_stopping.monitor={stopping['monitor']}: a self-supervised loss is lowest "
                    f"when the outputs collapse, so objective={name} would keep a collapsed model: allowed val/acc "
                    "(the k-NN accuracy), val/knn_acc, ssl/output_std")
-    if declared is not None and (declared[1] or target != "label"):
+    if declared is not None and (declared[1] or target != "label" or images is False):
         data = str((cfg.get("dataset") or {}).get("_target_", "")).rpartition(".")[2]
-        out.append(f"objective={name}: needs images with class labels (the labels only measure the representation), "
-                   f"and dataset {data} has {'token ids' if declared[1] else target + ' targets'}: allowed "
-                   f"objective=supervised, or {IMAGE_DATA}")
+        held = "token ids" if declared[1] else f"{target} targets" if target != "label" else "no images"
+        out.append(f"objective={name}: needs images with class labels (its views crop and flip images; the labels "
+                   f"only measure the representation), and dataset {data} has {held}: allowed objective=supervised, "
+                   f"or {image_data()}")
     return out
 
 

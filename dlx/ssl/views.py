@@ -30,11 +30,11 @@ class TwoViews:
 
     def check_input(self, input_shape: tuple[int, ...], objective: str) -> None:
         if len(input_shape) != 3:
-            from dlx.ssl.objective import IMAGE_DATA
+            from dlx.ssl.objective import image_data
 
             raise ValueError(f"objective={objective}: makes its views by cropping and flipping images of shape "
                              f"(channels, height, width), and the data's samples have shape {tuple(input_shape)}: "
-                             f"allowed objective=supervised, or image data ({IMAGE_DATA})")
+                             f"allowed objective=supervised, or image data ({image_data()})")
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.view(x), self.view(x)
