@@ -302,7 +302,8 @@ def test_a_users_arrays_that_are_not_images_end_each_trial_with_one_line(tmp_pat
     train = run_dlx(["train", *args], tmp_path)
     assert train.returncode == 2 and train.stderr.strip() == f"dlx: error: {message}: allowed objective=supervised, " \
         "or image data (dataset=cifar10, digits, fashion_mnist, image_folder, mnist)", train.stderr
-    cv = run_dlx(["cv", *args, "cv.folds=2", "hydra.launcher.n_jobs=1"], tmp_path)
+    # trainer.progress set by the user: the trials log to the console too, where a traceback once followed the line
+    cv = run_dlx(["cv", *args, "cv.folds=2", "hydra.launcher.n_jobs=1", "trainer.progress=plain"], tmp_path)
     failed = [line for line in cv.stdout.splitlines() if line.startswith("trial ")]
     assert cv.returncode == 1 and len(failed) == 2 and all("failed cv.fold" in f and message in f for f in failed)
     assert "Traceback" not in cv.stdout + cv.stderr

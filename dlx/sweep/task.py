@@ -57,6 +57,8 @@ def run_trial(cfg: DictConfig, command: list[str] | None = None) -> dict:
 
         if interrupt_code(exc):  # Ctrl-C or SIGTERM of the sweep: the user's stop, not a failure to trace
             log.warning("trial interrupted: %s", str(exc).strip() or type(exc).__name__)
+        elif getattr(exc, "exit_code", None) == 2:  # the user's mistake (dlx.run's RunError): its line says it all
+            log.error("trial failed: %s", exc)
         else:
             log.error("trial failed: %s: %s\n%s", type(exc).__name__, exc, traceback.format_exc())
         _upload_logs(cfg)
