@@ -3,6 +3,8 @@ the same data streamed through DataLoader workers gives the batches the in-memor
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -224,3 +226,21 @@ def test_a_table_trains_from_the_command_line_and_a_bad_one_is_one_line(workdir)
     assert line.startswith("dlx: error: ") and "\n" not in line, bad.stderr
     assert line.endswith("dataset.path=t.csv: has no label column 'size' (dataset.label); its columns: a, b, kind")
     assert len(all_runs(workdir)) == 1, "no MLflow run for a file that cannot be used"
+
+
+def test_a_missing_data_file_is_refused_with_the_config_before_a_sweep_starts(workdir):
+    """Checked with the config, not on loading: dlx cv and dlx sweep over a missing file stop before their
+    parent run (each trial failed on it, after the parent run was made)."""
+    from conftest import run_cli_batch
+
+    cases = {("cv", "dataset=npz", "dataset.path=gone.npz", "cv.folds=2"): "dataset.path=gone.npz: no such file",
+             ("sweep", "dataset=csv", "dataset.path=t.csv", "dataset.test_path=gone.csv", "dataset.label=y",
+              "seed=0,1"): "dataset.test_path=gone.csv: no such file",
+             ("ensemble", "dataset=image_folder", "dataset.path=gone", "ensemble.members=2"):
+                 "dataset.path=gone: no such folder"}
+    (workdir / "t.csv").write_text("a,y\n1,0\n2,1\n")
+    results = run_cli_batch([list(c) for c in cases], workdir, files=[workdir / "t.csv"])
+    for case, message in cases.items():
+        code, err, left = results[json.dumps(list(case))]
+        assert code == 2 and err.strip() == f"dlx: error: {message}", (case, err)
+        assert left == ["t.csv"], (case, left)  # no store, no run folder

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 from torch.utils.data import Dataset
 
 from dlx.data.source import Source, loader
@@ -217,3 +218,23 @@ def image_folder(*, path: str, size: Annotated[int, Range(ge=1)] = 32) -> Source
     make = lambda f, t: ImageFiles(f, t, size=size, mode=mode, root=path)  # noqa: E731
     return Source(train=make(files, targets), test=make(*test) if test else None, num_classes=len(classes),
                   name=top.name, scale=1.0 / 255.0, classes=tuple(classes))
+
+
+def _paths_exist(*keys: str, folder: bool = False):
+    """The rule checked with the config (components.problems) that a file dataset's paths exist: a sweep or
+    dlx cv over a missing file is one line before its parent run, not a failed trial each."""
+    def problems(options: dict) -> list[str]:
+        out = []
+        for key in keys:
+            if options.get(key) not in (None, MISSING):  # a required path not given is said once, elsewhere
+                try:
+                    _existing(key, str(options[key]), folder=folder)
+                except DatasetError as exc:
+                    out.append(str(exc))
+        return out
+    return problems
+
+
+npz.option_problems = _paths_exist("path")
+csv.option_problems = _paths_exist("path", "test_path")
+image_folder.option_problems = _paths_exist("path", folder=True)
