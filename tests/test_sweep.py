@@ -139,6 +139,10 @@ def test_resume_after_sigterm_runs_only_what_is_left_under_the_same_parent(work)
     assert 2 <= len(finished_first) < 4
     parent, _ = split(all_runs(work))
     assert parent.info.status == "KILLED"
+    # a sweep stopped between enqueueing a grid trial and asking for it leaves it WAITING: it must not run beside
+    # the same combination enqueued anew by the resumed sweep
+    left = sorted({(o, s) for o in ("sgd", "adam") for s in ("0", "1")} - finished_first)
+    the_study(work).enqueue_trial({"optimizer": left[0][0], "seed": left[0][1]})
 
     proc = run_dlx([*args, "--resume"], work)
     assert proc.returncode == 0, proc.stdout + proc.stderr

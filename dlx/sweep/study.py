@@ -48,6 +48,11 @@ def settle_interrupted(study, storage_url: str, reason: str, completed: dict[int
     through the storage's own public API."""
     from optuna.trial import TrialState
 
+    # a grid trial is enqueued, then asked for: a sweep stopped in between left it WAITING, and the resumed sweep's
+    # first ask would hand it out beside the same combination enqueued anew (it ran twice); asked for now, the
+    # oldest first as Optuna hands them out, it is settled as interrupted below
+    for _ in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study.ask()
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not stale:
         return []
