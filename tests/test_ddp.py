@@ -134,17 +134,25 @@ def test_a_sigkilled_rank_fails_the_run(workdir):
     check_failed_by_rank_1(workdir, proc, "killed by SIGKILL")
 
 
-def test_ctrl_c_ends_every_rank_and_the_run_killed(workdir):
+def _long_run_training(workdir: Path) -> tuple[subprocess.Popen, list[int]]:
+    """A 2-rank `dlx train` of LONG, once its first epoch is done, and its ranks' pids."""
     proc = subprocess.Popen([sys.executable, "-m", "dlx", "train", *LONG], cwd=workdir,
                             env=dlx_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the run's log, not its store: a second process opening a store that is being created races its migration
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any("epoch 1/500" in f.read_text()
+                                                  for f in workdir.glob("outputs/runs/*/*/train.log")):
+        time.sleep(0.5)
+    ranks = _rank_pids(workdir)
+    if len(ranks) != 2:
+        proc.kill()
+        pytest.fail(f"2 ranks expected, found {ranks}")
+    return proc, ranks
+
+
+def test_ctrl_c_ends_every_rank_and_the_run_killed(workdir):
+    proc, ranks = _long_run_training(workdir)
     try:
-        # the run's log, not its store: a second process opening a store that is being created races its migration
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any("epoch 1/500" in f.read_text()
-                                                      for f in workdir.glob("outputs/runs/*/*/train.log")):
-            time.sleep(0.5)
-        ranks = _rank_pids(workdir)
-        assert len(ranks) == 2, ranks
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -159,15 +167,8 @@ def test_ctrl_c_ends_every_rank_and_the_run_killed(workdir):
 def test_ranks_end_with_a_launcher_that_is_killed(workdir):
     """torchrun starts the ranks in sessions of their own: `dlx train` SIGKILLed (the out-of-memory killer, a sweep
     worker killed with its trial) leaves nobody to stop them but themselves; they end, and rank 0 closes the run."""
-    proc = subprocess.Popen([sys.executable, "-m", "dlx", "train", *LONG], cwd=workdir,
-                            env=dlx_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, ranks = _long_run_training(workdir)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any("epoch 1/500" in f.read_text()
-                                                      for f in workdir.glob("outputs/runs/*/*/train.log")):
-            time.sleep(0.5)
-        ranks = _rank_pids(workdir)
-        assert len(ranks) == 2, ranks
         proc.kill()
         proc.communicate(timeout=60)
         deadline = time.monotonic() + 60

@@ -250,7 +250,7 @@ def _declared_images():
 
 
 @pytest.mark.parametrize("option", sorted(o for o, images in _declared_images().items() if images is not None))
-def test_what_a_dataset_option_declares_decides_while_composing(option):
+def test_what_a_dataset_option_declares_decides_while_composing(option, tmp_path):
     """What a dataset option's loader declares (dlx.data.source.loader, images=) decides before any data loads;
     tests/test_options.py checks each declaration against the data the option loads."""
     import dataclasses
@@ -261,7 +261,9 @@ def test_what_a_dataset_option_declares_decides_while_composing(option):
     from dlx.options import spec
 
     fn = locate(builtin()["dataset"][option], "dataset._target_")
-    required = [f"dataset.{k}=x" for k, o in spec(fn).items() if o.default is dataclasses.MISSING]  # a file's path
+    (tmp_path / "file").touch()  # a path that exists, as the config checks a file dataset's path (a folder or a file)
+    required = [f"dataset.{k}={tmp_path / 'file' if k == 'path' and option != 'image_folder' else tmp_path}"
+                for k, o in spec(fn).items() if o.default is dataclasses.MISSING]
     args = [f"dataset={option}", "objective=simclr", *required]
     if _declared_images()[option]:
         compose(args, check=True)
