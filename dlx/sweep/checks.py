@@ -81,16 +81,14 @@ def _pool_devices(cfg, space) -> list[str]:
     """The CUDA devices of the worker pool's trials (hydra.launcher.gpus_per_trial, from the command line or a
     config file) checked against the visible ones; unset while trials train over several GPUs (trainer.devices=N),
     N each, as the trials' ranks need: the Hydra override that says so, else none."""
-    import os
-
     from dlx.config import ConfigError
     from dlx.sweep.devices import trial_devices, visible_devices
+    from dlx.sweep.start import pool_size
 
     launcher = cfg.hydra.launcher
     if not str(launcher.get("_target_", "")).endswith(".DlxLocalLauncher"):
         return []
-    jobs = launcher.n_jobs if launcher.n_jobs > 0 else len(os.sched_getaffinity(0))
-    if jobs == 1:  # trials in this process: every device is theirs
+    if pool_size(launcher.n_jobs) == 1:  # trials in this process: every device is theirs
         return []
     devices, per_trial = visible_devices(), launcher.gpus_per_trial
     try:

@@ -111,15 +111,13 @@ def _start_workers_early(overrides: list[str]) -> None:
     given = {key_of(o): o.split("=", 1)[1] for o in overrides if "=" in o}
     if given.get("hydra/launcher", "dlx_local") != "dlx_local" or find_spec("hydra_plugins.dlx_launcher") is None:
         return
+    from dlx.sweep.start import pool_size, prespawn
+
     try:
-        n = int(given.get("hydra.launcher.n_jobs", "1"))
+        n = pool_size(int(given.get("hydra.launcher.n_jobs", "1")))
     except ValueError:  # a sweep over n_jobs, or a typo the checks will report
         return
-    if n < 0:
-        n = len(os.sched_getaffinity(0))
     if n > 1:
-        from dlx.sweep.start import prespawn
-
         prespawn()
 
 

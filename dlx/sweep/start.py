@@ -20,6 +20,11 @@ import os
 PRELOAD = ["dlx.sweep.preload"]
 
 
+def pool_size(n_jobs: int) -> int:
+    """hydra.launcher.n_jobs as processes: as given, or one per usable core for a value below 1 (-1)."""
+    return n_jobs if n_jobs > 0 else len(os.sched_getaffinity(0))
+
+
 def worker_threads(n: int, threads: int | None = None) -> int:
     """torch threads of each of n workers: as asked, else the usable cores shared out."""
     return threads or max(1, len(os.sched_getaffinity(0)) // n)

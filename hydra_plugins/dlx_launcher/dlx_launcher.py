@@ -49,7 +49,9 @@ ConfigStore.instance().store(group="hydra/launcher", name="dlx_local", node=DlxL
 class DlxLocalLauncher(Launcher):
     def __init__(self, n_jobs: int = 1, torch_threads: int | None = None, shutdown_grace_s: float = 30.0,
                  gpus_per_trial: int | None = None):
-        self.n_jobs = n_jobs if n_jobs > 0 else len(os.sched_getaffinity(0))
+        from dlx.sweep.start import pool_size
+
+        self.n_jobs = pool_size(n_jobs)
         self.torch_threads = torch_threads
         self.shutdown_grace_s = shutdown_grace_s
         self.gpus_per_trial = gpus_per_trial
